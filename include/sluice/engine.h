@@ -1,0 +1,166 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * engine.h - the consumer engine: bounded concurrent or batch processing of a
+ * source's messages, with deadlines, classified retries, dead-lettering and a
+ * graceful drain.
+ *
+ * Concurrent mode runs N worker threads; each pulls messages from the source
+ * itself, so there is no dispatcher hop.  The engine never holds more than
+ * max_in_flight = N + prefetch messages (fetched and not yet released): that
+ * is the credit it gives the source, and the reason load cannot pile up
+ * inside the process (the seed's "avalanche").  Batch mode gives each worker
+ * whole batches, flushed on max count, max bytes or max wait, whichever comes
+ * first, and never asks for a batch larger than the credit.
+ *
+ * Every message gets a context with a deadline (timeout_ns after it starts);
+ * a watchdog thread cancels it at the deadline and settles the message as a
+ * TIMEOUT at once (requeue with backoff; the handler's late result is
+ * discarded).  A message whose deadline passed while it waited is not
+ * started.  Outcomes by class:
+ *   OK        ack
+ *   TIMEOUT   requeue after the retry policy's delay, while attempts remain
+ *   TEMPORARY requeue after the retry policy's delay (or Retry-After)
+ *   PERMANENT dead-letter at once, then ack
+ *   CANCELED  requeue without counting an attempt
+ * When attempts run out the message is dead-lettered; the original is acked
+ * only after the dead-letter write succeeded.  Retries never sleep in a
+ * worker: the delay travels with the requeue to the source.
+ */
+#ifndef SLUICE_ENGINE_H
+#define SLUICE_ENGINE_H
+
+#include <sluice/backoff.h>
+#include <sluice/clock.h>
+#include <sluice/common.h>
+#include <sluice/dlq.h>
+#include <sluice/handler.h>
+#include <sluice/msg.h>
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum sluice_mode {
+	SLUICE_MODE_CONCURRENT = 0,
+	SLUICE_MODE_BATCH = 1,
+};
+
+struct sluice_engine_config {
+	enum sluice_mode mode;
+	unsigned workers;          /* worker threads N (1..1024); default 4 */
+	unsigned prefetch;         /* credit beyond N; default max(1, N/4) */
+	size_t max_in_flight;      /* 0 = derived: N + prefetch (concurrent),
+				      N * batch_max (batch); a smaller value
+				      caps credit and batches flush when they
+				      hold all they can get */
+	size_t batch_max;          /* batch mode: messages per batch; 100 */
+	size_t batch_max_bytes;    /* batch mode: body bytes; 0 = no limit */
+	int64_t batch_wait_ns;     /* batch mode: longest fill wait; 50 ms */
+	int64_t timeout_ns;        /* per message (per batch); 0 = none; 30 s */
+	int64_t drain_timeout_ns;  /* graceful stop budget; 30 s */
+	int64_t stuck_grace_ns;    /* a handler still running this long after
+				      its deadline is abandoned and its worker
+				      replaced (at most N times); 1 s */
+	struct sluice_backoff retry;        /* sluice_backoff_default() */
+	const struct sluice_clock *clock;   /* borrowed; NULL = monotonic */
+	uint64_t seed;             /* RNG seed for jitter; 0 = from the OS */
+	const char *name;          /* for logs and dead-letter records */
+};
+
+/** sluice_engine_config_init() - fill @cfg with the defaults above. */
+SLUICE_API void sluice_engine_config_init(struct sluice_engine_config *cfg);
+
+struct sluice_engine;
+
+/**
+ * sluice_engine_new() - a stopped engine over @src.
+ * @handler: used in concurrent mode (fn NULL in batch mode).
+ * @batch: used in batch mode (fn NULL in concurrent mode).
+ * @dlq: the dead-letter sink, borrowed (NULL: messages that would be
+ *       dead-lettered are requeued with the maximum delay instead, so
+ *       nothing is lost; they are counted in dlq_failed).
+ *
+ * @cfg is copied.  The source is borrowed and must outlive the engine.
+ * Returns: 0 and *@out (free with sluice_engine_free()), SLUICE_EINVAL
+ * (invalid configuration; nothing is allocated), SLUICE_ENOMEM.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_engine_new(const struct sluice_engine_config *cfg,
+		  struct sluice_source src, struct sluice_handler handler,
+		  struct sluice_batch_handler batch, const struct sluice_dlq *dlq,
+		  struct sluice_engine **out);
+
+/** sluice_engine_start() - start the worker and watchdog threads. */
+SLUICE_API SLUICE_NODISCARD int sluice_engine_start(struct sluice_engine *e);
+
+enum sluice_stop {
+	SLUICE_STOP_DRAIN = 0, /* graceful: finish in-flight work until the
+				  drain deadline */
+	SLUICE_STOP_NOW = 1,   /* cancel in-flight work now and hand it back */
+};
+
+/**
+ * sluice_engine_stop() - begin stopping.  DRAIN: stop taking credit, hand
+ * back messages not yet started, let in-flight handlers finish until the
+ * drain deadline, then cancel the rest and hand them back without counting
+ * an attempt.  NOW (for example on a second SIGINT): the same, with the drain
+ * deadline moved to now.  Returns at once; sluice_engine_wait() waits.
+ *
+ * Threads: any thread.  Async-signal-safe: no (call it from a thread that
+ * waits on signalfd or sigwait, or set a flag in the handler).
+ */
+SLUICE_API void sluice_engine_stop(struct sluice_engine *e, enum sluice_stop how);
+
+/**
+ * sluice_engine_wait() - wait until the engine stopped: after stop(), or
+ * after the source reported SLUICE_ECLOSED and every message was settled.
+ * Then closes the source.
+ *
+ * Returns: 0, or SLUICE_ETIMEDOUT if @deadline_ns (on the engine's clock)
+ * passed first.
+ */
+SLUICE_API int sluice_engine_wait(struct sluice_engine *e, int64_t deadline_ns);
+
+/** sluice_engine_free() - stop now if running, wait, free.  NULL is a no-op. */
+SLUICE_API void sluice_engine_free(struct sluice_engine *e);
+
+struct sluice_engine_stats {
+	/* accounting: delivered == handled + requeued + dead_lettered once
+	 * the engine has stopped (in flight is 0) */
+	uint64_t delivered;     /* messages fetched from the source */
+	uint64_t handled;       /* acked after success */
+	uint64_t requeued;      /* given back for redelivery (any reason) */
+	uint64_t dead_lettered; /* written to the dead-letter sink, then acked */
+	/* why */
+	uint64_t timeouts;      /* handler overran its deadline */
+	uint64_t temporary;     /* handler failed TEMPORARY */
+	uint64_t permanent;     /* handler failed PERMANENT */
+	uint64_t canceled;      /* handler returned CANCELED */
+	uint64_t expired_waiting; /* deadline passed before start: not run */
+	uint64_t exhausted;     /* dead-lettered after max attempts */
+	uint64_t handed_back;   /* requeued unstarted or cancelled at drain */
+	uint64_t dlq_failed;    /* dead-letter writes that failed */
+	uint64_t ack_failed;    /* acks the source refused (stale lease) */
+	uint64_t abandoned;     /* workers replaced after a stuck handler */
+	uint64_t batches;       /* batch handler calls */
+	/* gauges and high-water marks */
+	uint64_t running;       /* handlers running now */
+	uint64_t held;          /* fetched and not yet released (credit used) */
+	uint64_t max_running;   /* most handlers ever running at once */
+	uint64_t max_held;      /* most messages ever held at once */
+	uint64_t max_batch;     /* largest batch handed to the handler */
+	size_t max_in_flight;   /* the credit limit in effect */
+};
+
+/** sluice_engine_stats() - a snapshot (counters are summed over workers). */
+SLUICE_API void sluice_engine_stats(struct sluice_engine *e,
+				    struct sluice_engine_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SLUICE_ENGINE_H */

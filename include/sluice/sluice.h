@@ -1,0 +1,21 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * sluice.h - the umbrella header: include this to use all of sluice.
+ */
+#ifndef SLUICE_SLUICE_H
+#define SLUICE_SLUICE_H
+
+#include <sluice/backoff.h>
+#include <sluice/clock.h>
+#include <sluice/common.h>
+#include <sluice/ctx.h>
+#include <sluice/dlq.h>
+#include <sluice/engine.h>
+#include <sluice/error.h>
+#include <sluice/handler.h>
+#include <sluice/map.h>
+#include <sluice/msg.h>
+#include <sluice/queue.h>
+#include <sluice/version.h>
+
+#endif /* SLUICE_SLUICE_H */
