@@ -15,11 +15,11 @@
 #ifndef SLUICE_BACKOFF_H
 #define SLUICE_BACKOFF_H
 
-#include <sluice/common.h>
-#include <sluice/error.h>
-
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <sluice/common.h>
+#include <sluice/error.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,11 +34,12 @@ enum sluice_jitter {
 
 /* A plain-data policy; copy it freely. */
 struct sluice_backoff {
-	int64_t min_ns;        /* floor for every delay (and base of growth) */
-	int64_t max_ns;        /* ceiling for every delay */
-	double factor;         /* growth per attempt, >= 1.0 */
+	int64_t min_ns; /* floor for every delay (and base of growth) */
+	int64_t max_ns; /* ceiling for every delay */
+	double factor;  /* growth per attempt, >= 1.0 */
 	enum sluice_jitter jitter;
-	uint32_t max_attempts; /* deliveries before dead-letter; 0 = unlimited */
+	uint32_t
+		max_attempts; /* deliveries before dead-letter; 0 = unlimited */
 };
 
 /* A small, fast PRNG (xoshiro256**); one per thread, never shared. */
@@ -90,10 +91,10 @@ SLUICE_API bool sluice_backoff_should_retry(const struct sluice_backoff *b,
  * policy's delay, raised to the error's Retry-After hint when it has one
  * (still capped at max_ns).
  */
-SLUICE_API int64_t
-sluice_backoff_retry_delay_ns(const struct sluice_backoff *b, uint32_t attempt,
-			      const struct sluice_error *err,
-			      struct sluice_rng *rng);
+SLUICE_API int64_t sluice_backoff_retry_delay_ns(const struct sluice_backoff *b,
+						 uint32_t attempt,
+						 const struct sluice_error *err,
+						 struct sluice_rng *rng);
 
 #ifdef __cplusplus
 }

@@ -10,9 +10,9 @@
 #ifndef SLUICE_CLOCK_H
 #define SLUICE_CLOCK_H
 
-#include <sluice/common.h>
-
 #include <stdint.h>
+
+#include <sluice/common.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,10 +34,11 @@ SLUICE_API struct sluice_clock *sluice_clock_monotonic(void);
  * Returns: 0 and *@out set (free with sluice_clock_free()), or SLUICE_ENOMEM.
  * Threads: the clock may be read and advanced from any thread.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_clock_virtual_new(int64_t start_ns,
-							 struct sluice_clock **out);
+SLUICE_API SLUICE_NODISCARD int
+sluice_clock_virtual_new(int64_t start_ns, struct sluice_clock **out);
 
-/** sluice_clock_free() - free a virtual clock; NULL and the real one are no-ops. */
+/** sluice_clock_free() - free a virtual clock; NULL and the real one are
+ * no-ops. */
 SLUICE_API void sluice_clock_free(struct sluice_clock *c);
 
 /** sluice_clock_now_ns() - the current monotonic time in nanoseconds. */
@@ -51,7 +52,8 @@ SLUICE_API int64_t sluice_clock_now_ns(const struct sluice_clock *c);
  */
 SLUICE_API int sluice_clock_advance(struct sluice_clock *c, int64_t delta_ns);
 
-/** sluice_clock_is_virtual() - true for a clock made by sluice_clock_virtual_new(). */
+/** sluice_clock_is_virtual() - true for a clock made by
+ * sluice_clock_virtual_new(). */
 SLUICE_API int sluice_clock_is_virtual(const struct sluice_clock *c);
 
 #ifdef __cplusplus

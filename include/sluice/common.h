@@ -47,19 +47,19 @@ extern "C" {
 #define SLUICE_NS_PER_S  ((int64_t)1000000000)
 
 /* name, value, text */
-#define SLUICE_ERR_MAP(X)                                                   \
-	X(EINVAL, -EINVAL, "invalid argument")                              \
-	X(ENOMEM, -ENOMEM, "out of memory")                                 \
-	X(ETIMEDOUT, -ETIMEDOUT, "deadline passed")                         \
-	X(ECANCELED, -ECANCELED, "operation cancelled")                     \
-	X(EAGAIN, -EAGAIN, "resource temporarily unavailable")              \
-	X(EIO, -EIO, "input/output error")                                  \
-	X(ENOENT, -ENOENT, "no such entry")                                 \
-	X(EEXIST, -EEXIST, "entry exists")                                  \
-	X(EMSGSIZE, -EMSGSIZE, "message too large")                         \
-	X(EBUSY, -EBUSY, "busy")                                            \
-	X(ECLOSED, -1000, "source closed: no more messages")                \
-	X(EDISCONNECTED, -1001, "source disconnected; leases were lost")    \
+#define SLUICE_ERR_MAP(X)                                                  \
+	X(EINVAL, -EINVAL, "invalid argument")                             \
+	X(ENOMEM, -ENOMEM, "out of memory")                                \
+	X(ETIMEDOUT, -ETIMEDOUT, "deadline passed")                        \
+	X(ECANCELED, -ECANCELED, "operation cancelled")                    \
+	X(EAGAIN, -EAGAIN, "resource temporarily unavailable")             \
+	X(EIO, -EIO, "input/output error")                                 \
+	X(ENOENT, -ENOENT, "no such entry")                                \
+	X(EEXIST, -EEXIST, "entry exists")                                 \
+	X(EMSGSIZE, -EMSGSIZE, "message too large")                        \
+	X(EBUSY, -EBUSY, "busy")                                           \
+	X(ECLOSED, -1000, "source closed: no more messages")               \
+	X(EDISCONNECTED, -1001, "source disconnected; leases were lost")   \
 	X(ESTALE, -1002, "lease no longer valid (expired or redelivered)") \
 	X(ESTATE, -1003, "operation not allowed in the current state")
 

@@ -18,12 +18,12 @@
 #ifndef SLUICE_CTX_H
 #define SLUICE_CTX_H
 
-#include <sluice/clock.h>
-#include <sluice/common.h>
-
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <sluice/clock.h>
+#include <sluice/common.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -48,11 +48,15 @@ struct sluice_ctx {
 	SLUICE_ATOMIC(int64_t) deadline_ns;
 	/* (generation << 8) | reason; reason 0 = live.  CAS only. */
 	SLUICE_ATOMIC(uint64_t) state;
+	/* Set (release) once an fd is made for this context or a descendant
+	 * registers one here; never cleared.  Lets rearm skip mu when no fd
+	 * can need draining. */
+	SLUICE_ATOMIC(bool) has_fds;
 	/* Guards efd, fd_signalled, listeners and the registrations below. */
 	pthread_mutex_t mu;
-	int efd;                              /* -1 until sluice_ctx_fd() */
-	bool fd_signalled;                    /* efd holds an unread count */
-	struct sluice_ctx_fdreg *listeners;   /* descendants' efds to wake */
+	int efd;                                /* -1 until sluice_ctx_fd() */
+	bool fd_signalled;                      /* efd holds an unread count */
+	struct sluice_ctx_fdreg *listeners;     /* descendants' efds to wake */
 	struct sluice_ctx_fdreg *registrations; /* our entries in ancestors */
 };
 
@@ -63,9 +67,9 @@ struct sluice_ctx {
  *
  * Returns: 0 or a negative errno from pthread_mutex_init.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_ctx_init(struct sluice_ctx *ctx,
-						const struct sluice_clock *clock,
-						int64_t deadline_ns);
+SLUICE_API SLUICE_NODISCARD int
+sluice_ctx_init(struct sluice_ctx *ctx, const struct sluice_clock *clock,
+		int64_t deadline_ns);
 
 /**
  * sluice_ctx_init_child() - a context done whenever @parent is, and also at
@@ -87,9 +91,9 @@ SLUICE_API void sluice_ctx_release(struct sluice_ctx *ctx);
 /**
  * sluice_ctx_new_child() / sluice_ctx_free() - heap versions of the above.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_ctx_new_child(const struct sluice_ctx *parent,
-						     int64_t deadline_ns,
-						     struct sluice_ctx **out);
+SLUICE_API SLUICE_NODISCARD int
+sluice_ctx_new_child(const struct sluice_ctx *parent, int64_t deadline_ns,
+		     struct sluice_ctx **out);
 SLUICE_API void sluice_ctx_free(struct sluice_ctx *ctx);
 
 /**

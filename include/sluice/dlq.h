@@ -18,11 +18,11 @@
 #ifndef SLUICE_DLQ_H
 #define SLUICE_DLQ_H
 
+#include <stdbool.h>
+
 #include <sluice/common.h>
 #include <sluice/error.h>
 #include <sluice/msg.h>
-
-#include <stdbool.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -36,7 +36,8 @@ struct sluice_dlq_ops {
 	 * Returns 0 only when the record is durable enough to ack the
 	 * original.  Threads: called by several workers at once.
 	 */
-	int (*write)(void *self, const char *source, const struct sluice_msg *msg,
+	int (*write)(void *self, const char *source,
+		     const struct sluice_msg *msg,
 		     const struct sluice_error *why);
 	/* Flush and free; called once. */
 	void (*close)(void *self);
@@ -53,9 +54,8 @@ struct sluice_dlq {
  *
  * Returns: 0 and *@out (close with sluice_dlq_close()), or -errno.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_dlq_file_open(const char *path,
-						     bool fsync_each,
-						     struct sluice_dlq *out);
+SLUICE_API SLUICE_NODISCARD int
+sluice_dlq_file_open(const char *path, bool fsync_each, struct sluice_dlq *out);
 
 /**
  * sluice_dlq_format() - the JSON line (with '\n') the file sink writes for

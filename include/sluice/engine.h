@@ -29,16 +29,16 @@
 #ifndef SLUICE_ENGINE_H
 #define SLUICE_ENGINE_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include <sluice/backoff.h>
 #include <sluice/clock.h>
 #include <sluice/common.h>
 #include <sluice/dlq.h>
 #include <sluice/handler.h>
 #include <sluice/msg.h>
-
-#include <stdbool.h>
-#include <stddef.h>
-#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -49,26 +49,30 @@ enum sluice_mode {
 	SLUICE_MODE_BATCH = 1,
 };
 
+#define SLUICE_PREFETCH_AUTO (~0u)
+
 struct sluice_engine_config {
 	enum sluice_mode mode;
-	unsigned workers;          /* worker threads N (1..1024); default 4 */
-	unsigned prefetch;         /* credit beyond N; default max(1, N/4) */
-	size_t max_in_flight;      /* 0 = derived: N + prefetch (concurrent),
-				      N * batch_max (batch); a smaller value
-				      caps credit and batches flush when they
-				      hold all they can get */
-	size_t batch_max;          /* batch mode: messages per batch; 100 */
-	size_t batch_max_bytes;    /* batch mode: body bytes; 0 = no limit */
-	int64_t batch_wait_ns;     /* batch mode: longest fill wait; 50 ms */
-	int64_t timeout_ns;        /* per message (per batch); 0 = none; 30 s */
-	int64_t drain_timeout_ns;  /* graceful stop budget; 30 s */
-	int64_t stuck_grace_ns;    /* a handler still running this long after
-				      its deadline is abandoned and its worker
-				      replaced (at most N times); 1 s */
-	struct sluice_backoff retry;        /* sluice_backoff_default() */
-	const struct sluice_clock *clock;   /* borrowed; NULL = monotonic */
-	uint64_t seed;             /* RNG seed for jitter; 0 = from the OS */
-	const char *name;          /* for logs and dead-letter records */
+	unsigned workers;         /* worker threads N (1..1024); default 4 */
+	unsigned prefetch;        /* credit beyond N: messages fetched ahead
+				     of a free worker; 0 = none; default
+				     SLUICE_PREFETCH_AUTO = max(1, N/4) */
+	size_t max_in_flight;     /* 0 = derived: N + prefetch (concurrent),
+				     N * batch_max (batch); a smaller value
+				     caps credit and batches flush when they
+				     hold all they can get */
+	size_t batch_max;         /* batch mode: messages per batch; 100 */
+	size_t batch_max_bytes;   /* batch mode: body bytes; 0 = no limit */
+	int64_t batch_wait_ns;    /* batch mode: longest fill wait; 50 ms */
+	int64_t timeout_ns;       /* per message (per batch); 0 = none; 30 s */
+	int64_t drain_timeout_ns; /* graceful stop budget; 30 s */
+	int64_t stuck_grace_ns;   /* a handler still running this long after
+				     its deadline is abandoned and its worker
+				     replaced (at most N times); 1 s */
+	struct sluice_backoff retry;      /* sluice_backoff_default() */
+	const struct sluice_clock *clock; /* borrowed; NULL = monotonic */
+	uint64_t seed;    /* RNG seed for jitter; 0 = from the OS */
+	const char *name; /* for logs and dead-letter records */
 };
 
 /** sluice_engine_config_init() - fill @cfg with the defaults above. */
@@ -91,8 +95,8 @@ struct sluice_engine;
 SLUICE_API SLUICE_NODISCARD int
 sluice_engine_new(const struct sluice_engine_config *cfg,
 		  struct sluice_source src, struct sluice_handler handler,
-		  struct sluice_batch_handler batch, const struct sluice_dlq *dlq,
-		  struct sluice_engine **out);
+		  struct sluice_batch_handler batch,
+		  const struct sluice_dlq *dlq, struct sluice_engine **out);
 
 /** sluice_engine_start() - start the worker and watchdog threads. */
 SLUICE_API SLUICE_NODISCARD int sluice_engine_start(struct sluice_engine *e);
@@ -113,7 +117,8 @@ enum sluice_stop {
  * Threads: any thread.  Async-signal-safe: no (call it from a thread that
  * waits on signalfd or sigwait, or set a flag in the handler).
  */
-SLUICE_API void sluice_engine_stop(struct sluice_engine *e, enum sluice_stop how);
+SLUICE_API void sluice_engine_stop(struct sluice_engine *e,
+				   enum sluice_stop how);
 
 /**
  * sluice_engine_wait() - wait until the engine stopped: after stop(), or
@@ -131,29 +136,32 @@ SLUICE_API void sluice_engine_free(struct sluice_engine *e);
 struct sluice_engine_stats {
 	/* accounting: delivered == handled + requeued + dead_lettered once
 	 * the engine has stopped (in flight is 0) */
-	uint64_t delivered;     /* messages fetched from the source */
-	uint64_t handled;       /* acked after success */
-	uint64_t requeued;      /* given back for redelivery (any reason) */
-	uint64_t dead_lettered; /* written to the dead-letter sink, then acked */
+	uint64_t delivered; /* messages fetched from the source */
+	uint64_t handled;   /* acked after success */
+	uint64_t requeued;  /* given back for redelivery (any reason) */
+	uint64_t
+		dead_lettered; /* written to the dead-letter sink, then acked */
 	/* why */
-	uint64_t timeouts;      /* handler overran its deadline */
-	uint64_t temporary;     /* handler failed TEMPORARY */
-	uint64_t permanent;     /* handler failed PERMANENT */
-	uint64_t canceled;      /* handler returned CANCELED */
+	uint64_t timeouts;        /* handler overran its deadline */
+	uint64_t temporary;       /* handler failed TEMPORARY */
+	uint64_t permanent;       /* handler failed PERMANENT */
+	uint64_t canceled;        /* handler returned CANCELED */
 	uint64_t expired_waiting; /* deadline passed before start: not run */
-	uint64_t exhausted;     /* dead-lettered after max attempts */
-	uint64_t handed_back;   /* requeued unstarted or cancelled at drain */
-	uint64_t dlq_failed;    /* dead-letter writes that failed */
-	uint64_t ack_failed;    /* acks the source refused (stale lease) */
-	uint64_t abandoned;     /* workers replaced after a stuck handler */
-	uint64_t batches;       /* batch handler calls */
+	uint64_t exhausted;       /* dead-lettered after max attempts */
+	uint64_t handed_back;     /* requeued unstarted or cancelled at drain */
+	uint64_t dlq_failed;      /* dead-letter writes that failed */
+	uint64_t ack_failed;      /* acks the source refused (stale lease) */
+	uint64_t abandoned;       /* workers replaced after a stuck handler */
+	uint64_t batches;         /* batch handler calls */
 	/* gauges and high-water marks */
-	uint64_t running;       /* handlers running now */
-	uint64_t held;          /* fetched and not yet released (credit used) */
-	uint64_t max_running;   /* most handlers ever running at once */
-	uint64_t max_held;      /* most messages ever held at once */
-	uint64_t max_batch;     /* largest batch handed to the handler */
-	size_t max_in_flight;   /* the credit limit in effect */
+	uint64_t running;     /* units (messages or batches) running now */
+	uint64_t held;        /* messages fetched and not yet released */
+	uint64_t credit;      /* credit in use: held + asked of the source
+				 by fetches in progress */
+	uint64_t max_held;    /* most credit ever in use at once (>= the
+				 most messages ever held) */
+	uint64_t max_batch;   /* largest batch handed to the handler */
+	size_t max_in_flight; /* the credit limit in effect */
 };
 
 /** sluice_engine_stats() - a snapshot (counters are summed over workers). */

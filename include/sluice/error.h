@@ -18,11 +18,11 @@
 #ifndef SLUICE_ERROR_H
 #define SLUICE_ERROR_H
 
-#include <sluice/common.h>
-
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sluice/common.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -38,12 +38,13 @@ enum sluice_class {
 };
 #define SLUICE_CLASS_COUNT 5
 
-/* Project codes carried by error values (beside -errno, exit and HTTP codes). */
-#define SLUICE_CODE_CRASH       (-1100) /* child killed by a signal */
-#define SLUICE_CODE_HANDLER     (-1101) /* handler broke its contract */
-#define SLUICE_CODE_DUPLICATE   (-1102) /* same message id already in flight */
-#define SLUICE_CODE_EXHAUSTED   (-1103) /* attempts used up */
-#define SLUICE_CODE_DRAIN       (-1104) /* unfinished at shutdown */
+/* Project codes carried by error values (beside -errno, exit and HTTP codes).
+ */
+#define SLUICE_CODE_CRASH     (-1100) /* child killed by a signal */
+#define SLUICE_CODE_HANDLER   (-1101) /* handler broke its contract */
+#define SLUICE_CODE_DUPLICATE (-1102) /* same message id already in flight */
+#define SLUICE_CODE_EXHAUSTED (-1103) /* attempts used up */
+#define SLUICE_CODE_DRAIN     (-1104) /* unfinished at shutdown */
 
 struct sluice_error;
 
@@ -57,8 +58,8 @@ struct sluice_error;
  *
  * Returns new (free with sluice_error_free()); never NULL.
  */
-SLUICE_API struct sluice_error *sluice_error_new(enum sluice_class cls, int code,
-						 const char *fmt, ...)
+SLUICE_API struct sluice_error *sluice_error_new(enum sluice_class cls,
+						 int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 /**
@@ -66,10 +67,9 @@ SLUICE_API struct sluice_error *sluice_error_new(enum sluice_class cls, int code
  *
  * Takes @cause (may be NULL).  Returns new; never NULL.
  */
-SLUICE_API struct sluice_error *sluice_error_wrap(struct sluice_error *cause,
-						  enum sluice_class cls, int code,
-						  const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+SLUICE_API struct sluice_error *
+sluice_error_wrap(struct sluice_error *cause, enum sluice_class cls, int code,
+		  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /** sluice_error_free() - free @e and its causes.  NULL is a no-op. */
 SLUICE_API void sluice_error_free(struct sluice_error *e);
@@ -80,14 +80,16 @@ SLUICE_API enum sluice_class sluice_error_class(const struct sluice_error *e);
 /** sluice_error_code() - the code; 0 for NULL. */
 SLUICE_API int sluice_error_code(const struct sluice_error *e);
 
-/** sluice_error_msg() - the message (borrowed, lives as long as @e); "" for NULL. */
+/** sluice_error_msg() - the message (borrowed, lives as long as @e); "" for
+ * NULL. */
 SLUICE_API const char *sluice_error_msg(const struct sluice_error *e);
 
 /** sluice_error_cause() - the wrapped cause (borrowed) or NULL. */
 SLUICE_API const struct sluice_error *
 sluice_error_cause(const struct sluice_error *e);
 
-/** sluice_error_retry_after_ns() - a server's hint for the retry delay; 0 if none. */
+/** sluice_error_retry_after_ns() - a server's hint for the retry delay; 0 if
+ * none. */
 SLUICE_API int64_t sluice_error_retry_after_ns(const struct sluice_error *e);
 
 /** sluice_error_set_retry_after_ns() - attach a retry delay hint (>= 0). */
@@ -109,7 +111,8 @@ SLUICE_API bool sluice_error_is_temporary(const struct sluice_error *e);
 SLUICE_API size_t sluice_error_format(const struct sluice_error *e, char *buf,
 				      size_t size);
 
-/** sluice_class_name() - "ok", "timeout", "temporary", "permanent", "canceled". */
+/** sluice_class_name() - "ok", "timeout", "temporary", "permanent", "canceled".
+ */
 SLUICE_API const char *sluice_class_name(enum sluice_class cls);
 
 /**
@@ -150,9 +153,8 @@ SLUICE_API enum sluice_class sluice_classify_http(int status);
  * (delta-seconds or an HTTP-date, compared with @now_unix_s) sets the retry
  * hint on temporary errors.  Returns new.
  */
-SLUICE_API struct sluice_error *sluice_error_from_http(int status,
-						       const char *retry_after,
-						       int64_t now_unix_s);
+SLUICE_API struct sluice_error *
+sluice_error_from_http(int status, const char *retry_after, int64_t now_unix_s);
 
 /**
  * sluice_parse_retry_after() - parse a Retry-After value.

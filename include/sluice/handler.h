@@ -50,9 +50,10 @@ struct sluice_handler {
  * @errs[i] (NULL = that message succeeded; the engine takes each error).
  * @errs arrives zeroed.
  */
-typedef struct sluice_error *sluice_batch_fn(void *ud, struct sluice_ctx *ctx,
-					     const struct sluice_msg *const *msgs,
-					     size_t n, struct sluice_error **errs);
+typedef struct sluice_error *
+sluice_batch_fn(void *ud, struct sluice_ctx *ctx,
+		const struct sluice_msg *const *msgs, size_t n,
+		struct sluice_error **errs);
 
 struct sluice_batch_handler {
 	sluice_batch_fn *fn;
@@ -60,9 +61,9 @@ struct sluice_batch_handler {
 };
 
 /** sluice_handler_call() - call @h. */
-SLUICE_API struct sluice_error *sluice_handler_call(struct sluice_handler h,
-						    struct sluice_ctx *ctx,
-						    const struct sluice_msg *msg);
+SLUICE_API struct sluice_error *
+sluice_handler_call(struct sluice_handler h, struct sluice_ctx *ctx,
+		    const struct sluice_msg *msg);
 
 struct sluice_stack;
 
@@ -89,11 +90,10 @@ SLUICE_API SLUICE_NODISCARD int sluice_mw_timeout(struct sluice_stack *st,
  * worker slot while it waits, so keep @policy's delays small (it refuses
  * max_ns > 1 s); long retries belong to the engine, which requeues instead.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_mw_retry(struct sluice_stack *st,
-						struct sluice_handler next,
-						const struct sluice_backoff *policy,
-						unsigned tries, uint64_t seed,
-						struct sluice_handler *out);
+SLUICE_API SLUICE_NODISCARD int
+sluice_mw_retry(struct sluice_stack *st, struct sluice_handler next,
+		const struct sluice_backoff *policy, unsigned tries,
+		uint64_t seed, struct sluice_handler *out);
 
 /**
  * sluice_mw_dedup() - skip messages whose id succeeded within @ttl_ns, using
@@ -136,10 +136,9 @@ struct sluice_hooks {
 };
 
 /** sluice_mw_hooks() - call @hooks around @next (either hook may be NULL). */
-SLUICE_API SLUICE_NODISCARD int sluice_mw_hooks(struct sluice_stack *st,
-						struct sluice_handler next,
-						const struct sluice_hooks *hooks,
-						struct sluice_handler *out);
+SLUICE_API SLUICE_NODISCARD int
+sluice_mw_hooks(struct sluice_stack *st, struct sluice_handler next,
+		const struct sluice_hooks *hooks, struct sluice_handler *out);
 
 #ifdef __cplusplus
 }

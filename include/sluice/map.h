@@ -14,12 +14,12 @@
 #ifndef SLUICE_MAP_H
 #define SLUICE_MAP_H
 
-#include <sluice/clock.h>
-#include <sluice/common.h>
-
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sluice/clock.h>
+#include <sluice/common.h>
 
 #ifdef __cplusplus
 extern "C" {

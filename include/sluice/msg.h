@@ -15,11 +15,11 @@
 #ifndef SLUICE_MSG_H
 #define SLUICE_MSG_H
 
-#include <sluice/common.h>
-
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sluice/common.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,11 +34,11 @@ struct sluice_bytes {
 #define SLUICE_MSG_ID_MAX 64
 
 struct sluice_msg {
-	const uint8_t *body;   /* binary-safe; may hold NUL; not terminated */
+	const uint8_t *body; /* binary-safe; may hold NUL; not terminated */
 	size_t body_len;
-	int64_t timestamp_ns;  /* when it was enqueued (source's clock) */
-	uint32_t attempts;     /* deliveries so far, this one included (>= 1) */
-	uint8_t id_len;        /* bytes used in id[] */
+	int64_t timestamp_ns; /* when it was enqueued (source's clock) */
+	uint32_t attempts;    /* deliveries so far, this one included (>= 1) */
+	uint8_t id_len;       /* bytes used in id[] */
 	char id[SLUICE_MSG_ID_MAX]; /* not NUL-terminated when id_len == 64 */
 	/* Source-private: the lease (delivery handle) and anything else. */
 	uint64_t lease;
@@ -103,7 +103,8 @@ struct sluice_source_ops {
 	/* Make every blocked fetch() return 0 soon.  Any thread. */
 	void (*wakeup)(void *self);
 
-	/* The engine's max_in_flight, once before the first fetch.  Optional. */
+	/* The engine's max_in_flight, once before the first fetch.  Optional.
+	 */
 	void (*set_credit)(void *self, size_t max_in_flight);
 
 	/* Stop delivering; called once, after the engine settled everything. */

@@ -19,13 +19,13 @@
 #ifndef SLUICE_QUEUE_H
 #define SLUICE_QUEUE_H
 
-#include <sluice/clock.h>
-#include <sluice/common.h>
-#include <sluice/msg.h>
-
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <sluice/clock.h>
+#include <sluice/common.h>
+#include <sluice/msg.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -34,9 +34,9 @@ extern "C" {
 struct sluice_queue;
 
 struct sluice_queue_config {
-	size_t capacity;   /* messages held at most (ready+delayed+leased); > 0 */
-	size_t max_body;   /* larger publishes fail with SLUICE_EMSGSIZE */
-	int64_t lease_ns;  /* redeliver if not settled within this; 0 = never */
+	size_t capacity; /* messages held at most (ready+delayed+leased); > 0 */
+	size_t max_body; /* larger publishes fail with SLUICE_EMSGSIZE */
+	int64_t lease_ns; /* redeliver if not settled within this; 0 = never */
 	const struct sluice_clock *clock; /* borrowed; NULL = monotonic */
 };
 
@@ -59,11 +59,9 @@ SLUICE_API void sluice_queue_free(struct sluice_queue *q);
  * Returns: 0, SLUICE_ETIMEDOUT (still full), SLUICE_ECLOSED (closed),
  * SLUICE_EMSGSIZE, SLUICE_EINVAL, SLUICE_ENOMEM.
  */
-SLUICE_API SLUICE_NODISCARD int sluice_queue_publish(struct sluice_queue *q,
-						     const char *id,
-						     const void *body,
-						     size_t len,
-						     int64_t deadline_ns);
+SLUICE_API SLUICE_NODISCARD int
+sluice_queue_publish(struct sluice_queue *q, const char *id, const void *body,
+		     size_t len, int64_t deadline_ns);
 
 /**
  * sluice_queue_publish_batch() - publish @n bodies with one lock round per
@@ -87,19 +85,19 @@ SLUICE_API void sluice_queue_close(struct sluice_queue *q);
 SLUICE_API struct sluice_source sluice_queue_source(struct sluice_queue *q);
 
 struct sluice_queue_stats {
-	uint64_t published;   /* accepted by publish */
-	uint64_t delivered;   /* handed to a consumer, redeliveries included */
-	uint64_t acked;       /* acks accepted */
-	uint64_t ack_stale;   /* acks refused: lease expired or lost */
-	uint64_t requeued;    /* requeue calls accepted */
-	uint64_t expired;     /* leases that ran out and were redelivered */
-	uint64_t duplicated;  /* extra deliveries made by the fault switch */
+	uint64_t published;    /* accepted by publish */
+	uint64_t delivered;    /* handed to a consumer, redeliveries included */
+	uint64_t acked;        /* acks accepted */
+	uint64_t ack_stale;    /* acks refused: lease expired or lost */
+	uint64_t requeued;     /* requeue calls accepted */
+	uint64_t expired;      /* leases that ran out and were redelivered */
+	uint64_t duplicated;   /* extra deliveries made by the fault switch */
 	uint64_t acks_dropped; /* acks swallowed by the fault switch */
-	size_t ready;         /* waiting to be fetched now */
-	size_t delayed;       /* requeued with a delay not yet due */
-	size_t leased;        /* delivered and not settled */
-	size_t held;          /* slots in use (ready + delayed + leased + ...) */
-	size_t max_held;      /* high-water mark of held */
+	size_t ready;          /* waiting to be fetched now */
+	size_t delayed;        /* requeued with a delay not yet due */
+	size_t leased;         /* delivered and not settled */
+	size_t held;     /* slots in use (ready + delayed + leased + ...) */
+	size_t max_held; /* high-water mark of held */
 };
 
 /** sluice_queue_stats() - a consistent snapshot. */

@@ -8,22 +8,21 @@
  * advance between its check and its sleep cannot be missed.  The watch list
  * has its own lock, taken before any waiter's mutex (see advance).
  */
-#include "core/clock_int.h"
-
-#include <sluice/clock.h>
-
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <time.h>
 
+#include <sluice/clock.h>
+
+#include "core/clock_int.h"
 #include "util/alloc.h"
 
 struct sluice_clock {
 	bool is_virtual;
-	_Atomic int64_t now_ns;   /* virtual only; relaxed reads suffice
-				     because wakeups go through mutexes */
-	pthread_mutex_t list_mu;  /* guards watches and nwatches */
+	_Atomic int64_t now_ns;  /* virtual only; relaxed reads suffice
+				    because wakeups go through mutexes */
+	pthread_mutex_t list_mu; /* guards watches and nwatches */
 	struct sl_clock_watch *watches;
 	size_t nwatches;
 };
@@ -37,6 +36,38 @@ sl_mono_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * SLUICE_NS_PER_S + ts.tv_nsec;
+}
+
+/*
+ * An upper bound on sluice_clock_now_ns(c), cheap enough for every message:
+ * CLOCK_MONOTONIC_COARSE is the same timebase as CLOCK_MONOTONIC, read from
+ * the vDSO without touching the TSC, and lags it by less than one tick.  Two
+ * resolutions of margin cover a tick that is late.  Callers read the precise
+ * clock only when the bound says a deadline may have passed.
+ */
+int64_t
+sl_clock_upper_ns(const struct sluice_clock *c)
+{
+	static _Atomic int64_t margin_ns; /* 0 until first use; benign race */
+	struct timespec ts;
+	int64_t m;
+
+	if (c && c->is_virtual)
+		return atomic_load_explicit(&c->now_ns, memory_order_acquire);
+	m = atomic_load_explicit(&margin_ns, memory_order_relaxed);
+	if (m == 0) {
+		if (clock_getres(CLOCK_MONOTONIC_COARSE, &ts) == 0)
+			m = 2 * ((int64_t)ts.tv_sec * SLUICE_NS_PER_S +
+				 ts.tv_nsec) +
+			    1;
+		else
+			m = INT64_MAX / 4;
+		atomic_store_explicit(&margin_ns, m, memory_order_relaxed);
+	}
+	if (m >= INT64_MAX / 4 ||
+	    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+		return sl_mono_ns();
+	return (int64_t)ts.tv_sec * SLUICE_NS_PER_S + ts.tv_nsec + m;
 }
 
 struct sluice_clock *

@@ -13,10 +13,10 @@
 #ifndef SL_CLOCK_INT_H
 #define SL_CLOCK_INT_H
 
-#include <sluice/clock.h>
-
 #include <pthread.h>
 #include <stdint.h>
+
+#include <sluice/clock.h>
 
 struct sl_clock_watch {
 	pthread_mutex_t *mu;
@@ -41,6 +41,10 @@ void sl_clock_watch_del(const struct sluice_clock *c, struct sl_clock_watch *w);
  */
 int sl_clock_wait(const struct sluice_clock *c, pthread_cond_t *cv,
 		  pthread_mutex_t *mu, int64_t deadline_ns);
+
+/* A cheap upper bound on sluice_clock_now_ns(@c) (exact on a virtual
+ * clock): if it is below a deadline, the deadline has not passed. */
+int64_t sl_clock_upper_ns(const struct sluice_clock *c);
 
 /* Fast inline read of the real monotonic clock. */
 int64_t sl_mono_ns(void);

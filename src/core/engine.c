@@ -1,2 +1,1337 @@
 /* SPDX-License-Identifier: MIT */
-/* placeholder: being written */
+/*
+ * engine.c - workers, credit, deadlines, settlement and the graceful drain.
+ *
+ * Threads.  N workers pull from the source themselves (no dispatcher hop);
+ * one watchdog thread enforces deadlines and the drain deadline.
+ *
+ * Credit.  `held` counts messages fetched and not yet released.  A worker
+ * reserves credit with a CAS before it fetches, so held never exceeds
+ * max_in_flight; unused credit is returned right after the fetch.  Workers
+ * that find no credit wait on credit_cv.
+ *
+ * Units.  A worker runs one unit at a time: one message (concurrent mode) or
+ * one batch.  It publishes the unit in its slot (msgs, n, deadline) and then
+ * sets slot.claim to the unit's context generation.  Whoever clears claim
+ * with a CAS settles the unit: the worker when the handler returns, or the
+ * watchdog at the deadline (TIMEOUT) or the drain deadline (handed back).
+ * The watchdog settles under slot_mu; a worker that loses the CAS takes
+ * slot_mu once to wait until that settlement is complete, then only
+ * releases the messages and drops the handler's late result.
+ *
+ * Settling.  Acks collect in a per-worker buffer and go to the source in one
+ * call per fetched batch, before that batch is released (release may free
+ * what ack reads).  Requeues and dead-letter writes happen at once.
+ *
+ * Counters are per worker (written only by their owner: relaxed load+store,
+ * no read-modify-write on shared lines) and summed by sluice_engine_stats().
+ *
+ * Lock order: e->mu and a slot_mu are never held together; credit_mu is a
+ * leaf.  No user callback runs under e->mu or credit_mu; the dead-letter sink
+ * may run under a slot_mu, which only that slot's worker ever waits for.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+
+#include <sluice/engine.h>
+
+#include "core/clock_int.h"
+#include "util/alloc.h"
+
+enum { RUNNING = 0, DRAINING = 1, FINISHED = 2 };
+
+/* Values of worker.take besides indexes; far from SIZE_MAX so fetch_add
+ * past them cannot wrap. */
+#define TAKE_IDLE   (SIZE_MAX / 4)
+#define TAKE_STOLEN (SIZE_MAX / 2)
+
+struct stats_shard {
+	_Atomic uint64_t delivered, handled, requeued, dead_lettered, timeouts,
+		temporary, permanent, canceled, expired_waiting, exhausted,
+		handed_back, dlq_failed, ack_failed, batches, max_batch;
+};
+
+/* Everything settle() needs from the thread that settles. */
+struct settler {
+	struct sluice_engine *e;
+	struct stats_shard *st;
+	struct sluice_rng rng;
+	struct sluice_msg **acks; /* pending acks, flushed before release */
+	size_t nacks, acks_cap;
+};
+
+struct worker {
+	struct sluice_engine *e;
+	pthread_t thread;
+	unsigned index;
+	bool started;
+	struct sluice_ctx ctx; /* child of e->root, rearmed per unit */
+
+	/* The unit the watchdog may settle.  claim is the unit's ctx
+	 * generation, 0 when idle; msgs/n/deadline are written before claim
+	 * is set (release) and read after it is seen (acquire). */
+	_Alignas(64) _Atomic uint64_t claim;
+	_Atomic int64_t deadline_ns;
+	struct sluice_msg *const *unit_msgs;
+	size_t unit_n;
+	pthread_mutex_t slot_mu; /* held by the watchdog while it settles */
+
+	/* Concurrent mode's fetched-but-unstarted messages.  take is the
+	 * next index of buf to start, TAKE_IDLE between fetches, or
+	 * TAKE_STOLEN once a drain took the rest.  The owner claims an index
+	 * with fetch_add; an idle sibling steals one the same way, holding
+	 * slot_mu; a drain takes all the rest with exchange, holding slot_mu.
+	 * The owner leaves a fetch (back to IDLE) under slot_mu, so no thief
+	 * or drain can still be reading buf when it fetches again.  avail and
+	 * fetch_deadline are written before take leaves IDLE. */
+	_Atomic size_t take;
+	_Atomic size_t avail; /* relaxed: ordered by take and slot_mu */
+	int64_t fetch_deadline;
+	struct sluice_msg **own; /* what the owner ran: it releases these */
+	size_t nown;
+	struct sluice_msg *stolen; /* the unit a thief runs */
+	uint64_t seen_gen;         /* watchdog only: claim at its last scan */
+	/* Credit reserved for a fetch in progress (not yet messages); stats
+	 * subtract it from e->held.  Relaxed: a statistic. */
+	_Atomic size_t fetching;
+
+	struct settler s;
+	struct stats_shard st;
+	struct sluice_msg **buf; /* fetched messages (and batch carry) */
+	size_t bufcap;
+	int64_t *recv_ns;           /* batch mode: receipt time per message */
+	struct sluice_error **errs; /* batch mode outcomes */
+};
+
+struct sluice_engine {
+	struct sluice_engine_config cfg;
+	struct sluice_source src;
+	struct sluice_handler handler;
+	struct sluice_batch_handler batch;
+	struct sluice_dlq dlq;
+	bool has_dlq;
+	const struct sluice_clock *clock;
+	size_t max_in_flight;
+	size_t fetch_cap; /* most one worker takes per fetch */
+
+	struct sluice_ctx root;
+
+	_Atomic size_t held;     /* credit in use; CAS only */
+	_Atomic size_t max_held; /* high-water mark */
+	pthread_mutex_t credit_mu;
+	pthread_cond_t credit_cv;
+	struct sl_clock_watch credit_watch;
+	_Atomic unsigned credit_waiters; /* guarded by credit_mu for writes */
+
+	/* Workers blocked in fetch.  seq_cst with worker.take: a worker that
+	 * is about to block looks for work to steal after announcing itself,
+	 * and a worker that fetched several messages wakes the fetchers
+	 * after publishing them, so one of the two always sees the other. */
+	_Atomic unsigned idle_fetchers;
+	_Atomic int phase; /* RUNNING, DRAINING, FINISHED */
+	_Atomic bool source_closed;
+
+	pthread_mutex_t mu; /* guards the fields below */
+	pthread_cond_t cv;  /* watchdog wakeups; worker exits */
+	struct sl_clock_watch watch;
+	int64_t drain_deadline_ns; /* valid when phase >= DRAINING */
+	bool drain_cancelled;      /* root cancelled, units handed back */
+	unsigned live_workers;
+	bool watchdog_started, joined, closed_source;
+	pthread_t watchdog;
+
+	struct worker **workers;
+	unsigned nworkers;
+	struct settler wd; /* the watchdog's settler */
+	struct stats_shard wd_st;
+	pthread_mutex_t steal_mu; /* serialises steal_unstarted() callers */
+	struct settler stealer;   /* guarded by steal_mu */
+	struct stats_shard steal_st;
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static inline void
+bump(_Atomic uint64_t *c, uint64_t n)
+{
+	/* Single writer per shard: a plain load+store is enough and avoids a
+	 * locked instruction on the hot path. */
+	atomic_store_explicit(c,
+			      atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+
+static inline void
+raise_max(_Atomic uint64_t *c, uint64_t v)
+{
+	if (v > atomic_load_explicit(c, memory_order_relaxed))
+		atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+static inline int64_t
+now_ns(const struct sluice_engine *e)
+{
+	return sluice_clock_now_ns(e->clock);
+}
+
+/* Whether @deadline has passed; reads the precise clock only near it. */
+static inline bool
+past(const struct sluice_engine *e, int64_t deadline)
+{
+	if (deadline == SLUICE_FOREVER ||
+	    sl_clock_upper_ns(e->clock) < deadline)
+		return false;
+	return now_ns(e) >= deadline;
+}
+
+static inline int64_t
+min_deadline(int64_t a, int64_t b)
+{
+	if (a == SLUICE_FOREVER)
+		return b;
+	if (b == SLUICE_FOREVER)
+		return a;
+	return a < b ? a : b;
+}
+
+static uint64_t
+random_seed(void)
+{
+	uint64_t s = 0;
+
+	if (getrandom(&s, sizeof(s), GRND_NONBLOCK) != (ssize_t)sizeof(s))
+		s = (uint64_t)sl_mono_ns() ^ (uint64_t)(uintptr_t)&s;
+	return s;
+}
+
+void
+sluice_engine_config_init(struct sluice_engine_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->mode = SLUICE_MODE_CONCURRENT;
+	cfg->workers = 4;
+	cfg->prefetch = SLUICE_PREFETCH_AUTO;
+	cfg->batch_max = 100;
+	cfg->batch_max_bytes = 0;
+	cfg->batch_wait_ns = 50 * SLUICE_NS_PER_MS;
+	cfg->timeout_ns = 30 * SLUICE_NS_PER_S;
+	cfg->drain_timeout_ns = 30 * SLUICE_NS_PER_S;
+	cfg->stuck_grace_ns = SLUICE_NS_PER_S;
+	cfg->retry = sluice_backoff_default();
+	cfg->name = "sluice";
+}
+
+/* ---- credit ------------------------------------------------------------- */
+
+/* Reserve up to @want credits; returns how many (possibly 0). */
+static size_t
+credit_take(struct sluice_engine *e, size_t want)
+{
+	size_t held = atomic_load_explicit(&e->held, memory_order_relaxed);
+	size_t n;
+
+	do {
+		if (held >= e->max_in_flight)
+			return 0;
+		n = e->max_in_flight - held;
+		if (n > want)
+			n = want;
+	} while (!atomic_compare_exchange_weak_explicit(
+		&e->held, &held, held + n, memory_order_acq_rel,
+		memory_order_relaxed));
+	if (held + n > atomic_load_explicit(&e->max_held, memory_order_relaxed))
+		atomic_store_explicit(&e->max_held, held + n,
+				      memory_order_relaxed);
+	return n;
+}
+
+static void
+credit_give(struct sluice_engine *e, size_t n)
+{
+	if (n == 0)
+		return;
+	atomic_fetch_sub_explicit(&e->held, n, memory_order_acq_rel);
+	if (atomic_load_explicit(&e->credit_waiters, memory_order_acquire)) {
+		pthread_mutex_lock(&e->credit_mu);
+		pthread_cond_broadcast(&e->credit_cv);
+		pthread_mutex_unlock(&e->credit_mu);
+	}
+}
+
+/* Block until some credit may be free, or the engine stops draining-free
+ * work.  Spurious returns are fine: the caller retries credit_take. */
+static void
+credit_wait(struct sluice_engine *e)
+{
+	pthread_mutex_lock(&e->credit_mu);
+	atomic_fetch_add_explicit(&e->credit_waiters, 1, memory_order_acq_rel);
+	if (atomic_load_explicit(&e->held, memory_order_acquire) >=
+		    e->max_in_flight &&
+	    atomic_load_explicit(&e->phase, memory_order_acquire) == RUNNING)
+		pthread_cond_wait(&e->credit_cv, &e->credit_mu);
+	atomic_fetch_sub_explicit(&e->credit_waiters, 1, memory_order_acq_rel);
+	pthread_mutex_unlock(&e->credit_mu);
+}
+
+/* ---- settlement --------------------------------------------------------- */
+
+static void
+flush_acks(struct settler *s)
+{
+	struct sluice_engine *e = s->e;
+	int refused;
+
+	if (s->nacks == 0)
+		return;
+	refused = e->src.ops->ack(e->src.self, s->acks, s->nacks);
+	if (refused > 0)
+		bump(&s->st->ack_failed, (uint64_t)refused);
+	else if (refused < 0)
+		bump(&s->st->ack_failed, s->nacks);
+	s->nacks = 0;
+}
+
+static void
+queue_ack(struct settler *s, struct sluice_msg *m)
+{
+	if (s->nacks == s->acks_cap)
+		flush_acks(s);
+	s->acks[s->nacks++] = m;
+}
+
+static void
+requeue(struct settler *s, struct sluice_msg *m, int64_t delay_ns,
+	bool count_attempt)
+{
+	struct sluice_engine *e = s->e;
+
+	if (e->src.ops->requeue(e->src.self, m, delay_ns, count_attempt) < 0)
+		bump(&s->st->ack_failed, 1);
+	bump(&s->st->requeued, 1);
+}
+
+/* Hand an unstarted or interrupted message back without counting it. */
+static void
+hand_back(struct settler *s, struct sluice_msg *m)
+{
+	requeue(s, m, 0, false);
+	bump(&s->st->handed_back, 1);
+}
+
+static void
+dead_letter(struct settler *s, struct sluice_msg *m,
+	    const struct sluice_error *why)
+{
+	struct sluice_engine *e = s->e;
+
+	if (e->has_dlq &&
+	    e->dlq.ops->write(e->dlq.self, e->src.ops->name, m, why) == 0) {
+		queue_ack(s, m);
+		bump(&s->st->dead_lettered, 1);
+		return;
+	}
+	/* No sink, or it failed: the message must not be lost, so it stays
+	 * with the source and comes back after the longest delay. */
+	bump(&s->st->dlq_failed, 1);
+	requeue(s, m, e->cfg.retry.max_ns, true);
+}
+
+/*
+ * Decide a message's fate from its handler's result (@err is borrowed).
+ * Runs on the worker or, for timeouts and drain, on the watchdog.
+ */
+static void
+settle(struct settler *s, struct sluice_msg *m, const struct sluice_error *err)
+{
+	struct sluice_engine *e = s->e;
+	enum sluice_class cls = sluice_error_class(err);
+	struct sluice_error *why;
+
+	switch (cls) {
+	case SLUICE_CLASS_OK:
+		queue_ack(s, m);
+		bump(&s->st->handled, 1);
+		return;
+	case SLUICE_CLASS_CANCELED:
+		bump(&s->st->canceled, 1);
+		hand_back(s, m);
+		return;
+	case SLUICE_CLASS_PERMANENT:
+		bump(&s->st->permanent, 1);
+		dead_letter(s, m, err);
+		return;
+	case SLUICE_CLASS_TIMEOUT:
+		bump(&s->st->timeouts, 1);
+		break;
+	case SLUICE_CLASS_TEMPORARY:
+	default:
+		bump(&s->st->temporary, 1);
+		break;
+	}
+	if (sluice_backoff_should_retry(&e->cfg.retry, cls, m->attempts)) {
+		requeue(s, m,
+			sluice_backoff_retry_delay_ns(
+				&e->cfg.retry, m->attempts, err, &s->rng),
+			true);
+		return;
+	}
+	bump(&s->st->exhausted, 1);
+	why = sluice_error_new(cls, SLUICE_CODE_EXHAUSTED,
+			       "gave up after %u attempts: %s", m->attempts,
+			       sluice_error_msg(err));
+	dead_letter(s, m, why);
+	sluice_error_free(why);
+}
+
+static struct sluice_error *
+timeout_error(const struct sluice_engine *e)
+{
+	return sluice_error_new(
+		SLUICE_CLASS_TIMEOUT, SLUICE_ETIMEDOUT,
+		"handler overran its %lld ms deadline",
+		(long long)(e->cfg.timeout_ns / SLUICE_NS_PER_MS));
+}
+
+/* ---- units: publish, claim, finish -------------------------------------- */
+
+static uint64_t
+unit_begin(struct worker *w, struct sluice_msg *const *msgs, size_t n,
+	   int64_t deadline_ns)
+{
+	uint64_t gen = sluice_ctx_rearm(&w->ctx, deadline_ns);
+
+	w->unit_msgs = msgs;
+	w->unit_n = n;
+	atomic_store_explicit(&w->deadline_ns, deadline_ns,
+			      memory_order_relaxed);
+	atomic_store_explicit(&w->claim, gen, memory_order_release);
+	return gen;
+}
+
+/* Returns true if the worker still owns the unit's settlement. */
+static bool
+unit_end(struct worker *w, uint64_t gen)
+{
+	uint64_t expect = gen;
+
+	if (atomic_compare_exchange_strong_explicit(&w->claim, &expect, 0,
+						    memory_order_acq_rel,
+						    memory_order_acquire))
+		return true;
+	/* The watchdog claimed it; wait until it has finished settling. */
+	pthread_mutex_lock(&w->slot_mu);
+	pthread_mutex_unlock(&w->slot_mu);
+	return false;
+}
+
+/*
+ * Watchdog side: settle @w's unit if it is still generation @gen.
+ * @interrupt: true at the drain deadline (hand back, no attempt counted),
+ * false at the unit's own deadline (TIMEOUT).
+ */
+static void
+unit_expire(struct sluice_engine *e, struct worker *w, uint64_t gen,
+	    bool interrupt)
+{
+	uint64_t expect = gen;
+	struct sluice_error *err;
+	size_t i;
+
+	pthread_mutex_lock(&w->slot_mu);
+	if (!atomic_compare_exchange_strong_explicit(&w->claim, &expect, 0,
+						     memory_order_acq_rel,
+						     memory_order_acquire)) {
+		pthread_mutex_unlock(&w->slot_mu);
+		return;
+	}
+	/* Settle first, cancel second: by the time the handler sees its
+	 * context done, its messages are already back with the source. */
+	if (interrupt) {
+		for (i = 0; i < w->unit_n; i++)
+			hand_back(&e->wd, w->unit_msgs[i]);
+	} else {
+		err = timeout_error(e);
+		for (i = 0; i < w->unit_n; i++)
+			settle(&e->wd, w->unit_msgs[i], err);
+		sluice_error_free(err);
+	}
+	flush_acks(&e->wd);
+	sluice_ctx_cancel_gen(&w->ctx, gen,
+			      interrupt ? SLUICE_CANCEL_SHUTDOWN
+					: SLUICE_CANCEL_DEADLINE);
+	pthread_mutex_unlock(&w->slot_mu);
+}
+
+/* Ack what is pending, then give the messages and their credit back. */
+static void
+release_all(struct worker *w, struct sluice_msg **msgs, size_t n)
+{
+	struct sluice_engine *e = w->e;
+
+	flush_acks(&w->s);
+	if (n == 0)
+		return;
+	e->src.ops->release(e->src.self, msgs, n);
+	credit_give(e, n);
+}
+
+static bool
+is_running(const struct sluice_engine *e)
+{
+	return atomic_load_explicit(&e->phase, memory_order_acquire) == RUNNING;
+}
+
+/* ---- concurrent mode ---------------------------------------------------- */
+
+/*
+ * The handler returned: settle with its result, unless the watchdog already
+ * settled the unit or the deadline passed meanwhile (a late result is
+ * discarded either way).  Frees @err.
+ */
+static void
+finish_unit(struct worker *w, uint64_t gen, struct sluice_msg *const *msgs,
+	    size_t n, struct sluice_error *err, struct sluice_error **errs,
+	    int64_t deadline)
+{
+	struct sluice_engine *e = w->e;
+	struct sluice_error *late = NULL;
+	size_t i;
+
+	if (past(e, deadline))
+		late = timeout_error(e);
+	if (unit_end(w, gen)) {
+		for (i = 0; i < n; i++)
+			settle(&w->s, msgs[i],
+			       late   ? late
+			       : err  ? err
+			       : errs ? errs[i]
+				      : NULL);
+	}
+	sluice_error_free(late);
+	sluice_error_free(err);
+}
+
+/* Settle @m as a TIMEOUT without running it. */
+static void
+expire_unstarted(struct worker *w, struct sluice_msg *m)
+{
+	struct sluice_error *err = timeout_error(w->e);
+
+	bump(&w->st.expired_waiting, 1);
+	settle(&w->s, m, err);
+	sluice_error_free(err);
+}
+
+/* Run one message as a unit on @w; *@slot must stay put until it returns. */
+static void
+run_message(struct worker *w, struct sluice_msg *const *slot, int64_t deadline)
+{
+	struct sluice_engine *e = w->e;
+	uint64_t gen = unit_begin(w, slot, 1, deadline);
+	struct sluice_error *err;
+
+	err = e->handler.fn(e->handler.ud, &w->ctx, *slot);
+	finish_unit(w, gen, slot, 1, err, NULL, deadline);
+}
+
+/* Leave the current fetch: take back to IDLE unless a drain stole it. */
+static void
+close_fetch(struct worker *w)
+{
+	size_t t;
+
+	pthread_mutex_lock(&w->slot_mu);
+	t = atomic_load_explicit(&w->take, memory_order_relaxed);
+	if (t < TAKE_STOLEN)
+		atomic_store(&w->take, TAKE_IDLE);
+	pthread_mutex_unlock(&w->slot_mu);
+}
+
+/*
+ * Handle the @got messages just fetched into buf, one at a time.  Idle
+ * siblings may steal some and a drain may take the rest; each message is
+ * settled and released by whoever claimed it.  Deadlines count from the
+ * fetch: a message that waited past its deadline is not started.
+ */
+static void
+run_fetched(struct worker *w, size_t got)
+{
+	struct sluice_engine *e = w->e;
+	const int64_t timeout = e->cfg.timeout_ns;
+	size_t expect = TAKE_IDLE, i;
+
+	atomic_store_explicit(&w->avail, got, memory_order_relaxed);
+	w->fetch_deadline = timeout > 0 ? now_ns(e) + timeout : SLUICE_FOREVER;
+	w->nown = 0;
+	if (!atomic_compare_exchange_strong(&w->take, &expect, 0)) {
+		/* A drain began while we fetched: give it all back. */
+		for (i = 0; i < got; i++)
+			hand_back(&w->s, w->buf[i]);
+		release_all(w, w->buf, got);
+		return;
+	}
+	for (;;) {
+		i = atomic_fetch_add_explicit(&w->take, 1,
+					      memory_order_acq_rel);
+		if (i >= got)
+			break;
+		w->own[w->nown++] = w->buf[i];
+		if (i > 0 && past(e, w->fetch_deadline))
+			expire_unstarted(w, w->buf[i]);
+		else
+			run_message(w, &w->buf[i], w->fetch_deadline);
+	}
+	close_fetch(w);
+	release_all(w, w->own, w->nown);
+}
+
+/*
+ * Run one unstarted message taken from a busy sibling, so that a slow
+ * handler does not hold up the messages fetched behind it.  Returns true
+ * if there was one.
+ */
+static bool
+steal_one(struct worker *w)
+{
+	struct sluice_engine *e = w->e;
+	struct sluice_msg *m = NULL;
+	int64_t deadline = SLUICE_FOREVER;
+	unsigned k;
+
+	for (k = 1; k < e->nworkers && !m; k++) {
+		struct worker *s = e->workers[(w->index + k) % e->nworkers];
+		size_t i, avail;
+
+		if (atomic_load(&s->take) >= TAKE_IDLE)
+			continue; /* between fetches, or drained */
+		pthread_mutex_lock(&s->slot_mu);
+		avail = atomic_load_explicit(&s->avail, memory_order_relaxed);
+		if (atomic_load(&s->take) < avail) {
+			i = atomic_fetch_add(&s->take, 1);
+			if (i < avail) {
+				m = s->buf[i];
+				deadline = s->fetch_deadline;
+			}
+		}
+		pthread_mutex_unlock(&s->slot_mu);
+	}
+	if (!m)
+		return false;
+	w->stolen = m;
+	if (past(e, deadline))
+		expire_unstarted(w, m);
+	else
+		(void)run_message(w, &w->stolen, deadline);
+	release_all(w, &w->stolen, 1);
+	return true;
+}
+
+/*
+ * Fetch and handle messages until the source closes or the engine drains.
+ * A worker that finds nothing to fetch steals from its siblings before it
+ * blocks.
+ */
+static void
+work_concurrent(struct worker *w)
+{
+	struct sluice_engine *e = w->e;
+	size_t credit;
+	int got;
+
+	while (is_running(e)) {
+		credit = credit_take(e, e->fetch_cap);
+		if (credit == 0) {
+			if (!steal_one(w))
+				credit_wait(e);
+			continue;
+		}
+		atomic_store_explicit(&w->fetching, credit,
+				      memory_order_relaxed);
+		got = e->src.ops->fetch(e->src.self, w->buf, credit, 0);
+		if (got == 0) {
+			atomic_fetch_add(&e->idle_fetchers, 1);
+			if (steal_one(w)) {
+				atomic_fetch_sub(&e->idle_fetchers, 1);
+				atomic_store_explicit(&w->fetching, 0,
+						      memory_order_relaxed);
+				credit_give(e, credit);
+				continue;
+			}
+			got = e->src.ops->fetch(e->src.self, w->buf, credit,
+						SLUICE_FOREVER);
+			atomic_fetch_sub(&e->idle_fetchers, 1);
+		}
+		atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+		credit_give(e, got > 0 ? credit - (size_t)got : credit);
+		if (got == SLUICE_ECLOSED) {
+			atomic_store(&e->source_closed, true);
+			return;
+		}
+		if (got <= 0)
+			continue; /* woken, or a transient source error */
+		bump(&w->st.delivered, (uint64_t)got);
+		run_fetched(w, (size_t)got);
+	}
+}
+
+/*
+ * Drain, step one: take every fetched-but-unstarted message away from the
+ * workers, hand it back and release it now.  Called by sluice_engine_stop().
+ */
+static void
+steal_unstarted(struct sluice_engine *e)
+{
+	unsigned k;
+	size_t i, old, avail;
+
+	pthread_mutex_lock(&e->steal_mu);
+	for (k = 0; k < e->nworkers; k++) {
+		struct worker *w = e->workers[k];
+
+		pthread_mutex_lock(&w->slot_mu);
+		old = atomic_exchange(&w->take, TAKE_STOLEN);
+		avail = atomic_load_explicit(&w->avail, memory_order_relaxed);
+		if (old < avail) {
+			/* Never started, so no handler reads them. */
+			for (i = old; i < avail; i++)
+				hand_back(&e->stealer, w->buf[i]);
+			e->src.ops->release(e->src.self, w->buf + old,
+					    avail - old);
+			credit_give(e, avail - old);
+		}
+		pthread_mutex_unlock(&w->slot_mu);
+	}
+	pthread_mutex_unlock(&e->steal_mu);
+}
+
+/* ---- batch mode --------------------------------------------------------- */
+
+/*
+ * Run the batch buf[0..n) and release it.  Messages whose deadline (receipt
+ * + timeout) passed while the batch filled are not started; the batch's
+ * context carries the earliest deadline of the rest.
+ */
+static void
+flush_batch(struct worker *w, size_t n)
+{
+	struct sluice_engine *e = w->e;
+	const int64_t timeout = e->cfg.timeout_ns;
+	struct sluice_msg **run = w->buf + w->bufcap; /* second half */
+	int64_t deadline = SLUICE_FOREVER, now = 0;
+	struct sluice_error *berr;
+	size_t i, nrun = 0;
+	uint64_t gen;
+
+	if (timeout > 0)
+		now = now_ns(e);
+	for (i = 0; i < n; i++) {
+		if (!is_running(e)) {
+			hand_back(&w->s, w->buf[i]);
+			continue;
+		}
+		if (timeout > 0) {
+			int64_t dl = w->recv_ns[i] + timeout;
+
+			if (dl <= now) {
+				expire_unstarted(w, w->buf[i]);
+				continue;
+			}
+			deadline = min_deadline(deadline, dl);
+		}
+		run[nrun++] = w->buf[i];
+	}
+	if (nrun > 0) {
+		memset(w->errs, 0, nrun * sizeof(*w->errs));
+		gen = unit_begin(w, run, nrun, deadline);
+		berr = e->batch.fn(e->batch.ud, &w->ctx,
+				   (const struct sluice_msg *const *)run, nrun,
+				   w->errs);
+		finish_unit(w, gen, run, nrun, berr, w->errs, deadline);
+		for (i = 0; i < nrun; i++)
+			sluice_error_free(w->errs[i]);
+		bump(&w->st.batches, 1);
+		raise_max(&w->st.max_batch, nrun);
+	}
+	release_all(w, w->buf, n);
+}
+
+/* Index of the first message in buf[from..to) that would push @bytes past
+ * the limit (never 0: a lone oversized message is a batch of its own). */
+static size_t
+byte_cut(const struct worker *w, size_t from, size_t to, size_t *bytes)
+{
+	size_t limit = w->e->cfg.batch_max_bytes, i;
+
+	for (i = from; i < to; i++) {
+		size_t len = w->buf[i]->body_len;
+
+		if (limit && i > 0 && *bytes + len > limit)
+			return i;
+		*bytes += len;
+	}
+	return to;
+}
+
+/*
+ * Ship batches from buf[0..*len) while one is due: full by count or bytes
+ * (what does not fit is carried to the front), or its first message has
+ * waited batch_wait.
+ */
+static void
+flush_due(struct worker *w, size_t *len, int64_t *first, int64_t now)
+{
+	const struct sluice_engine_config *c = &w->e->cfg;
+	size_t cut, bytes;
+
+	while (*len > 0) {
+		bytes = 0;
+		cut = byte_cut(w, 0, *len, &bytes);
+		if (cut == *len && cut < c->batch_max &&
+		    !(c->batch_max_bytes && bytes >= c->batch_max_bytes) &&
+		    now < *first + c->batch_wait_ns)
+			return;
+		flush_batch(w, cut);
+		*len -= cut;
+		memmove(w->buf, w->buf + cut, *len * sizeof(*w->buf));
+		memmove(w->recv_ns, w->recv_ns + cut,
+			*len * sizeof(*w->recv_ns));
+		*first = *len ? w->recv_ns[0] : 0;
+	}
+}
+
+static void
+work_batch(struct worker *w)
+{
+	struct sluice_engine *e = w->e;
+	const size_t max = e->cfg.batch_max;
+	size_t len = 0, credit, i;
+	int64_t first = 0, now;
+	int got;
+
+	while (is_running(e)) {
+		credit = credit_take(e, max - len);
+		if (credit == 0) {
+			if (len > 0) { /* starved: ship what we have */
+				flush_batch(w, len);
+				len = 0;
+			} else {
+				credit_wait(e);
+			}
+			continue;
+		}
+		atomic_store_explicit(&w->fetching, credit,
+				      memory_order_relaxed);
+		got = e->src.ops->fetch(e->src.self, w->buf + len, credit,
+					len ? first + e->cfg.batch_wait_ns
+					    : SLUICE_FOREVER);
+		atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+		credit_give(e, got > 0 ? credit - (size_t)got : credit);
+		if (got == SLUICE_ECLOSED) {
+			atomic_store(&e->source_closed, true);
+			break;
+		}
+		if (got < 0)
+			got = 0;
+		now = now_ns(e);
+		if (got > 0) {
+			bump(&w->st.delivered, (uint64_t)got);
+			if (len == 0)
+				first = now;
+			for (i = len; i < len + (size_t)got; i++)
+				w->recv_ns[i] = now;
+			len += (size_t)got;
+		}
+		if (is_running(e))
+			flush_due(w, &len, &first, now);
+	}
+	if (len > 0) {
+		/* Not started: a drain hands it back; a closed source (which
+		 * cannot close while we hold leases) would get it run. */
+		if (is_running(e)) {
+			flush_batch(w, len);
+		} else {
+			for (i = 0; i < len; i++)
+				hand_back(&w->s, w->buf[i]);
+			release_all(w, w->buf, len);
+		}
+	}
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+static void *
+worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct sluice_engine *e = w->e;
+
+	if (e->cfg.mode == SLUICE_MODE_BATCH)
+		work_batch(w);
+	else
+		work_concurrent(w);
+	flush_acks(&w->s);
+	pthread_mutex_lock(&e->mu);
+	e->live_workers--;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+	/* Wake siblings blocked on credit or in fetch, so they see the
+	 * source closed too. */
+	if (atomic_load(&e->source_closed)) {
+		pthread_mutex_lock(&e->credit_mu);
+		pthread_cond_broadcast(&e->credit_cv);
+		pthread_mutex_unlock(&e->credit_mu);
+	}
+	return NULL;
+}
+
+/*
+ * How often the watchdog looks at running units: a tenth of the timeout,
+ * between 1 and 10 ms.  Deadline expiry is exact to within one tick, and a
+ * message stuck behind a slow one is stolen after one to two ticks.
+ */
+static int64_t
+watchdog_tick(const struct sluice_engine *e)
+{
+	int64_t t = e->cfg.timeout_ns / 10;
+
+	if (t < SLUICE_NS_PER_MS)
+		t = SLUICE_NS_PER_MS;
+	if (e->cfg.timeout_ns <= 0 || t > 10 * SLUICE_NS_PER_MS)
+		t = 10 * SLUICE_NS_PER_MS;
+	return t;
+}
+
+/* Expire units past their deadline; returns the earliest pending one. */
+static int64_t
+scan_units(struct sluice_engine *e, int64_t now, bool interrupt, bool *stalled)
+{
+	int64_t next = SLUICE_FOREVER;
+	unsigned i;
+
+	for (i = 0; i < e->nworkers; i++) {
+		struct worker *w = e->workers[i];
+		uint64_t gen =
+			atomic_load_explicit(&w->claim, memory_order_acquire);
+		int64_t dl;
+
+		if (gen == 0)
+			continue;
+		/* The same unit as at the last look, with fetched messages
+		 * waiting behind it: let idle workers come and steal them. */
+		if (gen == w->seen_gen &&
+		    atomic_load(&w->take) <
+			    atomic_load_explicit(&w->avail,
+						 memory_order_relaxed) &&
+		    atomic_load(&e->idle_fetchers))
+			*stalled = true;
+		w->seen_gen = gen;
+		dl = atomic_load_explicit(&w->deadline_ns,
+					  memory_order_relaxed);
+		if (interrupt || (dl != SLUICE_FOREVER && dl <= now))
+			unit_expire(e, w, gen, interrupt);
+		else
+			next = min_deadline(next, dl);
+	}
+	return next;
+}
+
+static void *
+watchdog_main(void *arg)
+{
+	struct sluice_engine *e = arg;
+	const int64_t tick = watchdog_tick(e);
+	int64_t now, next;
+	bool interrupt, stalled;
+
+	pthread_mutex_lock(&e->mu);
+	while (e->live_workers > 0) {
+		now = now_ns(e);
+		interrupt = false;
+		next = SLUICE_FOREVER;
+		if (atomic_load(&e->phase) == DRAINING && !e->drain_cancelled) {
+			if (now >= e->drain_deadline_ns) {
+				e->drain_cancelled = true;
+				interrupt = true;
+			} else {
+				next = e->drain_deadline_ns;
+			}
+		}
+		pthread_mutex_unlock(&e->mu);
+		stalled = false;
+		next = min_deadline(next,
+				    scan_units(e, now, interrupt, &stalled));
+		if (stalled)
+			e->src.ops->wakeup(e->src.self);
+		if (interrupt) /* after the hand-back, as in unit_expire() */
+			sluice_ctx_cancel(&e->root, SLUICE_CANCEL_SHUTDOWN);
+		next = min_deadline(next, now + tick);
+		pthread_mutex_lock(&e->mu);
+		if (e->live_workers > 0)
+			(void)sl_clock_wait(e->clock, &e->cv, &e->mu, next);
+	}
+	pthread_mutex_unlock(&e->mu);
+	return NULL;
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static int
+check_config(const struct sluice_engine_config *c, struct sluice_source src,
+	     struct sluice_handler h, struct sluice_batch_handler b)
+{
+	if (c->workers < 1 || c->workers > 1024)
+		return SLUICE_EINVAL;
+	if (c->timeout_ns < 0 || c->drain_timeout_ns < 0 ||
+	    c->batch_wait_ns < 0 || c->stuck_grace_ns < 0)
+		return SLUICE_EINVAL;
+	if (sluice_backoff_check(&c->retry) != 0)
+		return SLUICE_EINVAL;
+	if (!src.ops || !src.ops->fetch || !src.ops->ack || !src.ops->requeue ||
+	    !src.ops->release || !src.ops->wakeup)
+		return SLUICE_EINVAL;
+	switch (c->mode) {
+	case SLUICE_MODE_CONCURRENT:
+		return h.fn ? 0 : SLUICE_EINVAL;
+	case SLUICE_MODE_BATCH:
+		if (!b.fn || c->batch_max < 1 || c->batch_max > 1000000)
+			return SLUICE_EINVAL;
+		return 0;
+	default:
+		return SLUICE_EINVAL;
+	}
+}
+
+static void
+worker_free(struct worker *w)
+{
+	if (!w)
+		return;
+	sluice_ctx_release(&w->ctx);
+	pthread_mutex_destroy(&w->slot_mu);
+	sl_free(w->buf);
+	sl_free(w->own);
+	sl_free(w->recv_ns);
+	sl_free(w->errs);
+	sl_free(w->s.acks);
+	sl_free(w);
+}
+
+static struct worker *
+worker_new(struct sluice_engine *e, unsigned index, uint64_t seed)
+{
+	struct worker *w = sl_calloc(1, sizeof(*w));
+	size_t cap = e->fetch_cap;
+
+	if (!w)
+		return NULL;
+	w->e = e;
+	w->index = index;
+	w->bufcap = cap;
+	if (pthread_mutex_init(&w->slot_mu, NULL) != 0) {
+		sl_free(w);
+		return NULL;
+	}
+	if (sluice_ctx_init_child(&w->ctx, &e->root, SLUICE_FOREVER) != 0) {
+		pthread_mutex_destroy(&w->slot_mu);
+		sl_free(w);
+		return NULL;
+	}
+	/* Batch mode keeps the batch in buf[0..cap) and the started subset in
+	 * buf[cap..2cap). */
+	w->buf = sl_calloc(2 * cap, sizeof(*w->buf));
+	w->s.acks = sl_calloc(cap, sizeof(*w->s.acks));
+	if (e->cfg.mode == SLUICE_MODE_BATCH) {
+		w->recv_ns = sl_calloc(cap, sizeof(*w->recv_ns));
+		w->errs = sl_calloc(cap, sizeof(*w->errs));
+	}
+	if (!w->buf || !w->s.acks ||
+	    (e->cfg.mode == SLUICE_MODE_BATCH && (!w->recv_ns || !w->errs))) {
+		worker_free(w);
+		return NULL;
+	}
+	atomic_init(&w->take, TAKE_IDLE);
+	w->own = sl_calloc(cap, sizeof(*w->own));
+	if (!w->own) {
+		worker_free(w);
+		return NULL;
+	}
+	w->s.e = e;
+	w->s.st = &w->st;
+	w->s.acks_cap = cap;
+	sluice_rng_seed(&w->s.rng, seed + index + 1);
+	return w;
+}
+
+int
+sluice_engine_new(const struct sluice_engine_config *cfg,
+		  struct sluice_source src, struct sluice_handler handler,
+		  struct sluice_batch_handler batch,
+		  const struct sluice_dlq *dlq, struct sluice_engine **out)
+{
+	struct sluice_engine *e;
+	uint64_t seed;
+	unsigned i;
+	int err;
+
+	err = check_config(cfg, src, handler, batch);
+	if (err)
+		return err;
+	e = sl_calloc(1, sizeof(*e));
+	if (!e)
+		return SLUICE_ENOMEM;
+	e->cfg = *cfg;
+	if (!e->cfg.name)
+		e->cfg.name = "sluice";
+	if (e->cfg.prefetch == SLUICE_PREFETCH_AUTO)
+		e->cfg.prefetch = e->cfg.workers / 4 ? e->cfg.workers / 4 : 1;
+	e->src = src;
+	e->handler = handler;
+	e->batch = batch;
+	if (dlq && dlq->ops) {
+		e->dlq = *dlq;
+		e->has_dlq = true;
+	}
+	e->clock = cfg->clock ? cfg->clock : sluice_clock_monotonic();
+	if (cfg->mode == SLUICE_MODE_BATCH) {
+		e->max_in_flight = cfg->max_in_flight ? cfg->max_in_flight
+						      : (size_t)cfg->workers *
+								cfg->batch_max;
+		e->fetch_cap = cfg->batch_max;
+	} else {
+		e->max_in_flight = cfg->max_in_flight
+					   ? cfg->max_in_flight
+					   : cfg->workers + e->cfg.prefetch;
+		e->fetch_cap =
+			1 + (e->cfg.prefetch + cfg->workers - 1) / cfg->workers;
+	}
+	if (e->fetch_cap > e->max_in_flight)
+		e->fetch_cap = e->max_in_flight;
+	seed = cfg->seed ? cfg->seed : random_seed();
+
+	err = SLUICE_ENOMEM;
+	if (sluice_ctx_init(&e->root, e->clock, SLUICE_FOREVER) != 0)
+		goto out_free;
+	if (pthread_mutex_init(&e->mu, NULL) != 0)
+		goto out_root;
+	if (sl_cond_init(&e->cv) != 0)
+		goto out_mu;
+	if (pthread_mutex_init(&e->credit_mu, NULL) != 0)
+		goto out_cv;
+	if (sl_cond_init(&e->credit_cv) != 0)
+		goto out_credit_mu;
+	if (pthread_mutex_init(&e->steal_mu, NULL) != 0)
+		goto out_credit_cv;
+	e->wd.acks = sl_calloc(64, sizeof(*e->wd.acks));
+	e->workers = sl_calloc(cfg->workers, sizeof(*e->workers));
+	if (!e->wd.acks || !e->workers)
+		goto out_arrays;
+	e->wd.e = e;
+	e->wd.st = &e->wd_st;
+	e->wd.acks_cap = 64;
+	sluice_rng_seed(&e->wd.rng, seed);
+	e->stealer.e = e;
+	e->stealer.st = &e->steal_st;
+	sluice_rng_seed(&e->stealer.rng, seed ^ 0x5157ULL);
+	for (i = 0; i < cfg->workers; i++) {
+		e->workers[i] = worker_new(e, i, seed);
+		if (!e->workers[i])
+			goto out_workers;
+		e->nworkers++;
+	}
+	sl_clock_watch_add(e->clock, &e->watch, &e->mu, &e->cv);
+	sl_clock_watch_add(e->clock, &e->credit_watch, &e->credit_mu,
+			   &e->credit_cv);
+	if (src.ops->set_credit)
+		src.ops->set_credit(src.self, e->max_in_flight);
+	*out = e;
+	return 0;
+
+out_workers:
+	for (i = 0; i < e->nworkers; i++)
+		worker_free(e->workers[i]);
+out_arrays:
+	sl_free(e->workers);
+	sl_free(e->wd.acks);
+	pthread_mutex_destroy(&e->steal_mu);
+out_credit_cv:
+	pthread_cond_destroy(&e->credit_cv);
+out_credit_mu:
+	pthread_mutex_destroy(&e->credit_mu);
+out_cv:
+	pthread_cond_destroy(&e->cv);
+out_mu:
+	pthread_mutex_destroy(&e->mu);
+out_root:
+	sluice_ctx_release(&e->root);
+out_free:
+	sl_free(e);
+	return err;
+}
+
+int
+sluice_engine_start(struct sluice_engine *e)
+{
+	unsigned i;
+	int err = 0;
+
+	pthread_mutex_lock(&e->mu);
+	if (e->watchdog_started || e->live_workers) {
+		pthread_mutex_unlock(&e->mu);
+		return SLUICE_ESTATE;
+	}
+	for (i = 0; i < e->nworkers; i++) {
+		err = pthread_create(&e->workers[i]->thread, NULL, worker_main,
+				     e->workers[i]);
+		if (err)
+			break;
+		e->workers[i]->started = true;
+		e->live_workers++;
+	}
+	if (i == e->nworkers) {
+		err = pthread_create(&e->watchdog, NULL, watchdog_main, e);
+		if (!err)
+			e->watchdog_started = true;
+	}
+	pthread_mutex_unlock(&e->mu);
+	if (err) {
+		sluice_engine_stop(e, SLUICE_STOP_NOW);
+		(void)sluice_engine_wait(e, SLUICE_FOREVER);
+		return -err;
+	}
+	return 0;
+}
+
+void
+sluice_engine_stop(struct sluice_engine *e, enum sluice_stop how)
+{
+	int64_t now = now_ns(e);
+
+	pthread_mutex_lock(&e->mu);
+	if (atomic_load(&e->phase) == RUNNING) {
+		e->drain_deadline_ns = now + e->cfg.drain_timeout_ns;
+		atomic_store(&e->phase, DRAINING);
+	}
+	if (how == SLUICE_STOP_NOW && e->drain_deadline_ns > now)
+		e->drain_deadline_ns = now;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+	steal_unstarted(e);
+	/* Unblock fetchers and credit waiters so they see the new phase. */
+	e->src.ops->wakeup(e->src.self);
+	pthread_mutex_lock(&e->credit_mu);
+	pthread_cond_broadcast(&e->credit_cv);
+	pthread_mutex_unlock(&e->credit_mu);
+}
+
+int
+sluice_engine_wait(struct sluice_engine *e, int64_t deadline_ns)
+{
+	unsigned i;
+
+	pthread_mutex_lock(&e->mu);
+	while (e->live_workers > 0) {
+		if (sl_clock_wait(e->clock, &e->cv, &e->mu, deadline_ns) ==
+			    SLUICE_ETIMEDOUT &&
+		    e->live_workers > 0) {
+			pthread_mutex_unlock(&e->mu);
+			return SLUICE_ETIMEDOUT;
+		}
+	}
+	if (e->joined) {
+		pthread_mutex_unlock(&e->mu);
+		return 0;
+	}
+	e->joined = true;
+	pthread_cond_broadcast(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+	for (i = 0; i < e->nworkers; i++)
+		if (e->workers[i]->started)
+			pthread_join(e->workers[i]->thread, NULL);
+	if (e->watchdog_started)
+		pthread_join(e->watchdog, NULL);
+	atomic_store(&e->phase, FINISHED);
+	if (e->src.ops->close)
+		e->src.ops->close(e->src.self);
+	return 0;
+}
+
+void
+sluice_engine_free(struct sluice_engine *e)
+{
+	unsigned i;
+
+	if (!e)
+		return;
+	if (!e->joined) {
+		sluice_engine_stop(e, SLUICE_STOP_NOW);
+		(void)sluice_engine_wait(e, SLUICE_FOREVER);
+	}
+	sl_clock_watch_del(e->clock, &e->watch);
+	sl_clock_watch_del(e->clock, &e->credit_watch);
+	for (i = 0; i < e->nworkers; i++)
+		worker_free(e->workers[i]);
+	sl_free(e->workers);
+	sl_free(e->wd.acks);
+	pthread_mutex_destroy(&e->steal_mu);
+	pthread_cond_destroy(&e->credit_cv);
+	pthread_mutex_destroy(&e->credit_mu);
+	pthread_cond_destroy(&e->cv);
+	pthread_mutex_destroy(&e->mu);
+	sluice_ctx_release(&e->root);
+	sl_free(e);
+}
+
+static void
+add_shard(struct sluice_engine_stats *o, struct stats_shard *s)
+{
+#define ADD(f) o->f += atomic_load_explicit(&s->f, memory_order_relaxed)
+	ADD(delivered);
+	ADD(handled);
+	ADD(requeued);
+	ADD(dead_lettered);
+	ADD(timeouts);
+	ADD(temporary);
+	ADD(permanent);
+	ADD(canceled);
+	ADD(expired_waiting);
+	ADD(exhausted);
+	ADD(handed_back);
+	ADD(dlq_failed);
+	ADD(ack_failed);
+	ADD(batches);
+#undef ADD
+	if (atomic_load_explicit(&s->max_batch, memory_order_relaxed) >
+	    o->max_batch)
+		o->max_batch = atomic_load_explicit(&s->max_batch,
+						    memory_order_relaxed);
+}
+
+void
+sluice_engine_stats(struct sluice_engine *e, struct sluice_engine_stats *out)
+{
+	unsigned i;
+	size_t fetching = 0;
+
+	memset(out, 0, sizeof(*out));
+	for (i = 0; i < e->nworkers; i++) {
+		add_shard(out, &e->workers[i]->st);
+		fetching += atomic_load_explicit(&e->workers[i]->fetching,
+						 memory_order_relaxed);
+		if (atomic_load_explicit(&e->workers[i]->claim,
+					 memory_order_relaxed))
+			out->running++;
+	}
+	/* The watchdog's shard is written under slot locks by one thread. */
+	add_shard(out, &e->wd_st);
+	pthread_mutex_lock(&e->steal_mu);
+	add_shard(out, &e->steal_st);
+	pthread_mutex_unlock(&e->steal_mu);
+	out->credit = atomic_load(&e->held);
+	out->held = out->credit > fetching ? out->credit - fetching : 0;
+	out->max_held = atomic_load(&e->max_held);
+	out->max_in_flight = e->max_in_flight;
+}

@@ -16,8 +16,8 @@ static _Atomic int fail_sticky;
 static int
 should_fail(void)
 {
-	unsigned long c = atomic_load_explicit(&fail_countdown,
-					       memory_order_relaxed);
+	unsigned long c =
+		atomic_load_explicit(&fail_countdown, memory_order_relaxed);
 
 	if (c == 0)
 		return 0;

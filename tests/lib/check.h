@@ -30,10 +30,10 @@ check_fail_(const char *file, int line, const char *what)
 	_exit(1);
 }
 
-#define CHECK(cond)                                                    \
-	do {                                                           \
-		if (!(cond))                                           \
-			check_fail_(__FILE__, __LINE__, #cond);        \
+#define CHECK(cond)                                             \
+	do {                                                    \
+		if (!(cond))                                    \
+			check_fail_(__FILE__, __LINE__, #cond); \
 	} while (0)
 
 #define CHECK_CMP_(a, op, b)                                                 \
@@ -55,17 +55,18 @@ check_fail_(const char *file, int line, const char *what)
 #define CHECK_GE(a, b) CHECK_CMP_(a, >=, b)
 #define CHECK_OK(expr) CHECK_CMP_(expr, ==, 0)
 
-#define CHECK_STREQ(a, b)                                                    \
-	do {                                                                 \
-		const char *check_sa_ = (a), *check_sb_ = (b);               \
-		if (!check_sa_ || !check_sb_ ||                              \
-		    strcmp(check_sa_, check_sb_) != 0) {                     \
-			fprintf(stderr, "  %s:%d: %s == %s: \"%s\" vs \"%s\"\n", \
-				__FILE__, __LINE__, #a, #b,                  \
-				check_sa_ ? check_sa_ : "(null)",            \
-				check_sb_ ? check_sb_ : "(null)");           \
-			check_fail_(__FILE__, __LINE__, "string compare");   \
-		}                                                            \
+#define CHECK_STREQ(a, b)                                                  \
+	do {                                                               \
+		const char *check_sa_ = (a), *check_sb_ = (b);             \
+		if (!check_sa_ || !check_sb_ ||                            \
+		    strcmp(check_sa_, check_sb_) != 0) {                   \
+			fprintf(stderr,                                    \
+				"  %s:%d: %s == %s: \"%s\" vs \"%s\"\n",   \
+				__FILE__, __LINE__, #a, #b,                \
+				check_sa_ ? check_sa_ : "(null)",          \
+				check_sb_ ? check_sb_ : "(null)");         \
+			check_fail_(__FILE__, __LINE__, "string compare"); \
+		}                                                          \
 	} while (0)
 
 #define CHECK_MEMEQ(a, b, n)                                           \
@@ -74,6 +75,24 @@ check_fail_(const char *file, int line, const char *what)
 			check_fail_(__FILE__, __LINE__,                \
 				    "memcmp(" #a ", " #b ", " #n ")"); \
 	} while (0)
+
+/*
+ * A forked case ends with _exit(), which skips LeakSanitizer's exit-time
+ * check; run it explicitly so leaks fail the case that made them.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define CHECK_HAVE_LSAN_ 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CHECK_HAVE_LSAN_ 1
+#endif
+#endif
+#ifdef CHECK_HAVE_LSAN_
+int __lsan_do_recoverable_leak_check(void);
+#define CHECK_LEAKS_() (__lsan_do_recoverable_leak_check() != 0)
+#else
+#define CHECK_LEAKS_() 0
+#endif
 
 struct check_case_ {
 	const char *name;
@@ -100,6 +119,10 @@ check_run_one_(const struct check_case_ *c, int nofork, unsigned timeout)
 		alarm(timeout);
 		c->fn();
 		fflush(NULL);
+		if (CHECK_LEAKS_()) {
+			fprintf(stderr, "  leaks (see LeakSanitizer above)\n");
+			_exit(1);
+		}
 		_exit(0);
 	}
 	while (waitpid(pid, &st, 0) < 0)
@@ -140,23 +163,23 @@ check_main_(int argc, char **argv, const struct check_case_ *cases, size_t n)
 }
 
 /* Case names come from the stringified argument list. */
-#define CHECK_MAIN(...)                                                    \
-	int main(int argc, char **argv)                                    \
-	{                                                                  \
-		void (*fns_[])(void) = { __VA_ARGS__ };                    \
-		static const char names_[] = #__VA_ARGS__;                 \
-		struct check_case_ cases_[sizeof(fns_) / sizeof(fns_[0])]; \
-		char namebuf_[sizeof(names_)];                             \
-		size_t n_ = sizeof(fns_) / sizeof(fns_[0]), i_;            \
-		char *p_ = namebuf_, *save_;                               \
-		memcpy(namebuf_, names_, sizeof(names_));                  \
-		for (i_ = 0; i_ < n_; i_++) {                              \
-			char *tok_ = strtok_r(i_ ? NULL : p_, ", \t\n",    \
-					      &save_);                     \
-			cases_[i_].name = tok_ ? tok_ : "?";               \
-			cases_[i_].fn = fns_[i_];                          \
-		}                                                          \
-		return check_main_(argc, argv, cases_, n_);                \
+#define CHECK_MAIN(...)                                                     \
+	int main(int argc, char **argv)                                     \
+	{                                                                   \
+		void (*fns_[])(void) = { __VA_ARGS__ };                     \
+		static const char names_[] = #__VA_ARGS__;                  \
+		struct check_case_ cases_[sizeof(fns_) / sizeof(fns_[0])];  \
+		char namebuf_[sizeof(names_)];                              \
+		size_t n_ = sizeof(fns_) / sizeof(fns_[0]), i_;             \
+		char *p_ = namebuf_, *save_;                                \
+		memcpy(namebuf_, names_, sizeof(names_));                   \
+		for (i_ = 0; i_ < n_; i_++) {                               \
+			char *tok_ =                                        \
+				strtok_r(i_ ? NULL : p_, ", \t\n", &save_); \
+			cases_[i_].name = tok_ ? tok_ : "?";                \
+			cases_[i_].fn = fns_[i_];                           \
+		}                                                           \
+		return check_main_(argc, argv, cases_, n_);                 \
 	}
 
 #endif /* CHECK_H */

@@ -1,0 +1,62 @@
+# SPDX-License-Identifier: MIT
+# Makefile - the front door: wraps CMake so the usual verbs work.
+#
+#   make            build the library, tests and benchmarks (build/)
+#   make demo       install missing deps, build, run the main job
+#   make test       install missing deps, build, run the whole suite
+#   make bench      build optimised and print sluice vs the Go anchors
+#   make asan       the suite under clang ASan+UBSan (build-asan/)
+#   make tsan       the concurrency tests under clang TSan (build-tsan/)
+#   make install    install into PREFIX (default /usr/local)
+#   make format     clang-format every C file in place
+BUILD  ?= build
+PREFIX ?= /usr/local
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_FLAGS ?=
+
+.PHONY: all demo deps test bench asan tsan install format clean
+
+all: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) $(CMAKE_FLAGS)
+
+deps:
+	scripts/deps.sh
+
+demo: deps all
+	$(BUILD)/hello
+
+test: deps all
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+
+bench:
+	scripts/deps.sh --bench
+	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build build-release -j $(JOBS) --target bench_engine
+	bench/run.sh build-release
+
+asan: deps
+	CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \
+		-DSLUICE_SANITIZE=address,undefined -DSLUICE_WERROR=ON
+	cmake --build build-asan -j $(JOBS)
+	cd build-asan && ASAN_OPTIONS=abort_on_error=1:detect_leaks=1:detect_stack_use_after_return=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		ctest --output-on-failure -j $(JOBS)
+
+tsan: deps
+	CC=clang cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=Debug \
+		-DSLUICE_SANITIZE=thread -DSLUICE_WERROR=ON
+	cmake --build build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+		ctest --output-on-failure -j $(JOBS) -L concurrency
+
+install: all
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-release build-asan build-tsan
