@@ -60,7 +60,7 @@ monitor_wait(struct monitor *m, long n)
 			pthread_mutex_unlock(&m->mu);
 			fprintf(stderr, "  monitor_wait: %ld of %ld events\n",
 				m->events, n);
-			CHECK(!"monitor_wait timed out");
+			CHECK_FAIL("monitor_wait timed out");
 		}
 	}
 	pthread_mutex_unlock(&m->mu);
@@ -164,7 +164,7 @@ rig_free(struct rig *r)
 			sched_yield();                                  \
 			clock_gettime(CLOCK_MONOTONIC, &spin_t_);       \
 			if (spin_t_.tv_sec - spin_t0_.tv_sec > 60)      \
-				CHECK(!"SPIN_UNTIL timed out: " #expr); \
+				CHECK_FAIL("SPIN_UNTIL timed out: " #expr); \
 		}                                                       \
 	} while (0)
 

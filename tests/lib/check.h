@@ -36,6 +36,9 @@ check_fail_(const char *file, int line, const char *what)
 			check_fail_(__FILE__, __LINE__, #cond); \
 	} while (0)
 
+/* Fail the case unconditionally with @msg. */
+#define CHECK_FAIL(msg) check_fail_(__FILE__, __LINE__, (msg))
+
 #define CHECK_CMP_(a, op, b)                                                 \
 	do {                                                                 \
 		intmax_t check_a_ = (intmax_t)(a), check_b_ = (intmax_t)(b); \
