@@ -139,6 +139,8 @@ struct sluice_engine {
 	pthread_cond_t cv;  /* watchdog wakeups; worker exits */
 	struct sl_clock_watch watch;
 	int64_t drain_deadline_ns; /* valid when phase >= DRAINING */
+	unsigned stop_seq;         /* bumped by every stop(): the watchdog
+				      re-checks before it sleeps */
 	bool drain_cancelled;      /* root cancelled, units handed back */
 	unsigned live_workers;
 	bool watchdog_started, joined, closed_source;
@@ -947,8 +949,11 @@ watchdog_main(void *arg)
 	int64_t now, next;
 	bool interrupt, stalled;
 
+	unsigned seq;
+
 	pthread_mutex_lock(&e->mu);
 	while (e->live_workers > 0) {
+		seq = e->stop_seq;
 		now = now_ns(e);
 		interrupt = false;
 		next = SLUICE_FOREVER;
@@ -970,7 +975,7 @@ watchdog_main(void *arg)
 			sluice_ctx_cancel(&e->root, SLUICE_CANCEL_SHUTDOWN);
 		next = min_deadline(next, now + tick);
 		pthread_mutex_lock(&e->mu);
-		if (e->live_workers > 0)
+		if (e->live_workers > 0 && e->stop_seq == seq)
 			(void)sl_clock_wait(e->clock, &e->cv, &e->mu, next);
 	}
 	pthread_mutex_unlock(&e->mu);
@@ -1217,6 +1222,7 @@ sluice_engine_stop(struct sluice_engine *e, enum sluice_stop how)
 	}
 	if (how == SLUICE_STOP_NOW && e->drain_deadline_ns > now)
 		e->drain_deadline_ns = now;
+	e->stop_seq++;
 	pthread_cond_broadcast(&e->cv);
 	pthread_mutex_unlock(&e->mu);
 	steal_unstarted(e);
@@ -1234,12 +1240,28 @@ sluice_engine_wait(struct sluice_engine *e, int64_t deadline_ns)
 
 	pthread_mutex_lock(&e->mu);
 	while (e->live_workers > 0) {
+		if (atomic_load(&e->phase) != RUNNING) {
+			/* A worker may have been on its way into a blocking
+			 * fetch when stop() woke the source, and a source's
+			 * wakeup only reaches fetches already blocked.  So
+			 * while draining, repeat it every few real ms. */
+			pthread_mutex_unlock(&e->mu);
+			e->src.ops->wakeup(e->src.self);
+			pthread_mutex_lock(&e->mu);
+			if (e->live_workers == 0)
+				break;
+			if (sluice_clock_now_ns(e->clock) >= deadline_ns &&
+			    deadline_ns != SLUICE_FOREVER)
+				goto timed_out;
+			(void)sl_clock_wait(
+				sluice_clock_monotonic(), &e->cv, &e->mu,
+				sl_mono_ns() + 5 * SLUICE_NS_PER_MS);
+			continue;
+		}
 		if (sl_clock_wait(e->clock, &e->cv, &e->mu, deadline_ns) ==
 			    SLUICE_ETIMEDOUT &&
-		    e->live_workers > 0) {
-			pthread_mutex_unlock(&e->mu);
-			return SLUICE_ETIMEDOUT;
-		}
+		    e->live_workers > 0)
+			goto timed_out;
 	}
 	if (e->joined) {
 		pthread_mutex_unlock(&e->mu);
@@ -1257,6 +1279,10 @@ sluice_engine_wait(struct sluice_engine *e, int64_t deadline_ns)
 	if (e->src.ops->close)
 		e->src.ops->close(e->src.self);
 	return 0;
+
+timed_out:
+	pthread_mutex_unlock(&e->mu);
+	return SLUICE_ETIMEDOUT;
 }
 
 void

@@ -156,16 +156,16 @@ rig_free(struct rig *r)
  * into a failure.  For conditions that have no event to wait on, such as
  * "the engine settled what it holds"; never a stand-in for an event.
  */
-#define SPIN_UNTIL(expr)                                                \
-	do {                                                            \
-		struct timespec spin_t0_, spin_t_;                      \
-		clock_gettime(CLOCK_MONOTONIC, &spin_t0_);              \
-		while (!(expr)) {                                       \
-			sched_yield();                                  \
-			clock_gettime(CLOCK_MONOTONIC, &spin_t_);       \
-			if (spin_t_.tv_sec - spin_t0_.tv_sec > 60)      \
+#define SPIN_UNTIL(expr)                                                    \
+	do {                                                                \
+		struct timespec spin_t0_, spin_t_;                          \
+		clock_gettime(CLOCK_MONOTONIC, &spin_t0_);                  \
+		while (!(expr)) {                                           \
+			sched_yield();                                      \
+			clock_gettime(CLOCK_MONOTONIC, &spin_t_);           \
+			if (spin_t_.tv_sec - spin_t0_.tv_sec > 60)          \
 				CHECK_FAIL("SPIN_UNTIL timed out: " #expr); \
-		}                                                       \
+		}                                                           \
 	} while (0)
 
 /* True when the engine holds no message: all settled and released. */

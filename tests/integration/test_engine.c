@@ -184,9 +184,9 @@ struct hang_state {
 };
 
 /*
- * Attempt 1 waits on its context (the cooperative way: poll on the ctx fd
- * with the deadline as timeout), then claims success; the engine must
- * discard that late result.  Later attempts succeed at once.
+ * Attempt 1 blocks in poll(2) on its context's fd, then claims success; the
+ * engine must wake it at the deadline and discard that late result.  Later
+ * attempts succeed at once.
  */
 static struct sluice_error *
 hang_handler(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
@@ -199,13 +199,14 @@ hang_handler(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
 	if (!body_is(m, "hang") || sluice_msg_attempts(m) > 1)
 		return NULL;
 	pfd.fd = sluice_ctx_fd(ctx);
+	pfd.events = POLLIN;
 	CHECK_GE(pfd.fd, 0);
 	monitor_post(&hs->started);
-	do {
-		rc = sluice_ctx_poll(ctx, -1, 0);
-	} while (rc > 0);
-	pfd.events = POLLIN;
-	atomic_store(&hs->fd_readable, poll(&pfd, 1, 0) == 1);
+	/* Blocking I/O that waits on the context's fd alone: the engine's
+	 * watchdog must make it readable at the deadline (60 s real time is
+	 * only a guard against a hang). */
+	rc = poll(&pfd, 1, 60 * 1000);
+	atomic_store(&hs->fd_readable, rc == 1);
 	atomic_store(&hs->reason, (int)sluice_ctx_reason(ctx));
 	monitor_post(&hs->ended);
 	return NULL; /* too late: must be discarded */
