@@ -32,7 +32,7 @@ else
 fi
 
 # field VALUE_BEFORE_UNIT LINE: the number before " ns/msg" or " Mmsg/s"
-num() { printf '%s\n' "$2" | sed -n "s/.* \([0-9.][0-9.]*\) $1.*/\1/p"; }
+num() { printf '%s\n' "$2" | sed -n "s|.* \([0-9.][0-9.]*\) $1.*|\1|p"; }
 
 report() { # case ours_line go_line
 	ours_ns=$(num 'ns/msg' "$2"); ours_m=$(num 'Mmsg/s' "$2")

@@ -256,10 +256,18 @@ credit_give(struct sluice_engine *e, size_t n)
 {
 	if (n == 0)
 		return;
-	atomic_fetch_sub_explicit(&e->held, n, memory_order_acq_rel);
-	if (atomic_load_explicit(&e->credit_waiters, memory_order_acquire)) {
+	unsigned waiters;
+
+	atomic_fetch_sub(&e->held, n);
+	waiters = atomic_load(&e->credit_waiters);
+	if (waiters) {
+		/* Wake as many as the freed credit can serve. */
 		pthread_mutex_lock(&e->credit_mu);
-		pthread_cond_broadcast(&e->credit_cv);
+		if (n >= waiters)
+			pthread_cond_broadcast(&e->credit_cv);
+		else
+			while (n--)
+				pthread_cond_signal(&e->credit_cv);
 		pthread_mutex_unlock(&e->credit_mu);
 	}
 }
@@ -270,9 +278,10 @@ static void
 credit_wait(struct sluice_engine *e)
 {
 	pthread_mutex_lock(&e->credit_mu);
-	atomic_fetch_add_explicit(&e->credit_waiters, 1, memory_order_acq_rel);
-	if (atomic_load_explicit(&e->held, memory_order_acquire) >=
-		    e->max_in_flight &&
+	/* seq_cst pairs with credit_give(): either it sees this waiter or
+	 * this sees the credit it returned. */
+	atomic_fetch_add(&e->credit_waiters, 1);
+	if (atomic_load(&e->held) >= e->max_in_flight &&
 	    atomic_load_explicit(&e->phase, memory_order_acquire) == RUNNING)
 		pthread_cond_wait(&e->credit_cv, &e->credit_mu);
 	atomic_fetch_sub_explicit(&e->credit_waiters, 1, memory_order_acq_rel);
@@ -608,9 +617,13 @@ steal_one(struct worker *w)
 		struct worker *s = e->workers[(w->index + k) % e->nworkers];
 		size_t i, avail;
 
-		if (atomic_load(&s->take) >= TAKE_IDLE)
-			continue; /* between fetches, or drained */
-		pthread_mutex_lock(&s->slot_mu);
+		avail = atomic_load_explicit(&s->avail, memory_order_relaxed);
+		if (atomic_load(&s->take) >= avail)
+			continue; /* nothing waiting there, or drained */
+		/* Stealing is opportunistic: never queue up on a busy lock
+		 * (the owner takes it once per fetch). */
+		if (pthread_mutex_trylock(&s->slot_mu) != 0)
+			continue;
 		avail = atomic_load_explicit(&s->avail, memory_order_relaxed);
 		if (atomic_load(&s->take) < avail) {
 			i = atomic_fetch_add(&s->take, 1);
@@ -656,6 +669,12 @@ work_concurrent(struct worker *w)
 		got = e->src.ops->fetch(e->src.self, w->buf, credit, 0);
 		if (got == 0) {
 			atomic_fetch_add(&e->idle_fetchers, 1);
+			/* Block for one message only: credit reserved by a
+			 * sleeping worker is credit a busy one cannot use. */
+			credit_give(e, credit - 1);
+			credit = 1;
+			atomic_store_explicit(&w->fetching, 1,
+					      memory_order_relaxed);
 			if (steal_one(w)) {
 				atomic_fetch_sub(&e->idle_fetchers, 1);
 				atomic_store_explicit(&w->fetching, 0,

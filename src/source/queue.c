@@ -131,9 +131,11 @@ struct sluice_queue {
 	uint32_t owed_head, owed_tail;
 	uint32_t ndelayed, nleased, npending, nstale;
 	uint32_t fetch_waiters, space_waiters, idle_waiters;
-	uint64_t wake_seq; /* bumped by wakeup() */
-	bool wake_pending; /* a wakeup no blocked fetch has consumed */
-	bool disc_pending; /* next fetch reports SLUICE_EDISCONNECTED */
+	uint32_t fetch_hint; /* max of the latest fetch call (>= 1) */
+	uint32_t space_need; /* free slots worth waking a publisher for */
+	uint64_t wake_seq;   /* bumped by wakeup() */
+	bool wake_pending;   /* a wakeup no blocked fetch has consumed */
+	bool disc_pending;   /* next fetch reports SLUICE_EDISCONNECTED */
 	bool closed;
 	unsigned dup_every, dup_count, drop_acks;
 	size_t credit;
@@ -477,13 +479,21 @@ plan(const struct sluice_queue *q, struct wake *w)
 	w->fetch = 0;
 	w->fetch_all = false;
 	if (q->fetch_waiters) {
-		if ((q->closed && idle) || q->nready >= q->fetch_waiters) {
+		/* Wake as many fetchers as the ready messages can keep busy,
+		 * judging by the size of the last fetch: waking all of them
+		 * for a few messages only makes them race for the lock and
+		 * go back to sleep. */
+		uint32_t need = (q->nready + q->fetch_hint - 1) / q->fetch_hint;
+
+		if ((q->closed && idle) || need >= q->fetch_waiters)
 			w->fetch_all = true;
-		} else {
-			w->fetch = q->nready;
-		}
+		else
+			w->fetch = need;
 	}
-	w->space = q->space_waiters && q->nfree;
+	/* Hysteresis: a publisher that waits for room is woken when a
+	 * useful amount is free (see space_need), not for every slot, so
+	 * producer and consumers do not ping-pong one message at a time. */
+	w->space = q->space_waiters && q->nfree >= q->space_need;
 	w->idle = q->idle_waiters && idle;
 }
 
@@ -649,6 +659,7 @@ publish(struct sluice_queue *q, const char *id, size_t id_len,
 {
 	struct big *one = NULL, **bigs = NULL;
 	bool timed_out = false;
+	uint32_t need;
 	size_t i, done = 0, k;
 	struct wake w;
 	int64_t now;
@@ -682,6 +693,15 @@ publish(struct sluice_queue *q, const char *id, size_t id_len,
 		/* Consumers must see what went in while we wait for room. */
 		plan(q, &w);
 		signal_waiters(q, &w);
+		/* Wake me when what I still need fits, or a quarter of the
+		 * queue is free, whichever is less; with several publishers
+		 * waiting, the smallest need counts. */
+		need = (uint32_t)(n - done < q->cap / 4 ? n - done
+							: q->cap / 4);
+		if (need == 0)
+			need = 1;
+		if (q->space_waiters == 0 || need < q->space_need)
+			q->space_need = need;
 		q->space_waiters++;
 		if (sl_clock_wait(q->clock, &q->space_cv, &q->mu,
 				  deadline_ns) == SLUICE_ETIMEDOUT)
@@ -839,6 +859,12 @@ q_fetch(void *self, struct sluice_msg **out, size_t max, int64_t deadline_ns)
 	if (max > INT_MAX)
 		max = INT_MAX;
 	pthread_mutex_lock(&q->mu);
+	/* A slowly decaying maximum: consumers that block for one message
+	 * and then fetch in bulk are judged by their bulk fetches. */
+	if ((uint32_t)max >= q->fetch_hint)
+		q->fetch_hint = (uint32_t)max;
+	else
+		q->fetch_hint -= (q->fetch_hint - (uint32_t)max) / 16;
 	seq = q->wake_seq;
 	while (!fetch_step(q, out, max, seq, timed_out || deadline_ns == 0,
 			   &rc)) {
@@ -1194,6 +1220,8 @@ sluice_queue_new(const struct sluice_queue_config *cfg,
 		return SLUICE_ENOMEM;
 	q->clock = cfg->clock ? cfg->clock : sluice_clock_monotonic();
 	q->cap = cap;
+	q->fetch_hint = 1;
+	q->space_need = 1;
 	q->max_body = cfg->max_body;
 	q->lease_ns = cfg->lease_ns;
 	q->slots = sl_calloc(cap, sizeof(*q->slots));
