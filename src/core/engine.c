@@ -132,7 +132,12 @@ struct sluice_engine {
 	 * and a worker that fetched several messages wakes the fetchers
 	 * after publishing them, so one of the two always sees the other. */
 	_Atomic unsigned idle_fetchers;
-	_Atomic int phase; /* RUNNING, DRAINING, FINISHED */
+	_Atomic int phase;       /* RUNNING, DRAINING, FINISHED */
+	pthread_mutex_t idle_mu; /* guards leader, parked, idle_kicks */
+	pthread_cond_t idle_cv;  /* parked workers; see park() */
+	bool leader;             /* a worker is blocked in the source */
+	unsigned parked;
+	unsigned idle_kicks; /* bumped to release parked workers */
 	_Atomic bool source_closed;
 
 	pthread_mutex_t mu; /* guards the fields below */
@@ -646,6 +651,58 @@ steal_one(struct worker *w)
 }
 
 /*
+ * Idle workers take turns at the source: one, the leader, blocks in fetch;
+ * the others park on idle_cv instead of piling onto the source's lock.
+ * Returns false when the caller is to be the leader, true after a parked
+ * wait (the caller then looks for work again).
+ */
+static bool
+park(struct worker *w)
+{
+	struct sluice_engine *e = w->e;
+	bool parked = true;
+
+	pthread_mutex_lock(&e->idle_mu);
+	if (!e->leader) {
+		e->leader = true;
+		parked = false;
+	} else if (is_running(e) && !atomic_load(&e->source_closed)) {
+		unsigned kick = e->idle_kicks;
+
+		e->parked++;
+		while (e->idle_kicks == kick)
+			pthread_cond_wait(&e->idle_cv, &e->idle_mu);
+		e->parked--;
+	}
+	pthread_mutex_unlock(&e->idle_mu);
+	return parked;
+}
+
+/* The leader's fetch returned: hand the turn to one parked worker, which
+ * will find the messages that woke us or become the next leader. */
+static void
+unlead(struct sluice_engine *e)
+{
+	pthread_mutex_lock(&e->idle_mu);
+	e->leader = false;
+	if (e->parked) {
+		e->idle_kicks++;
+		pthread_cond_signal(&e->idle_cv);
+	}
+	pthread_mutex_unlock(&e->idle_mu);
+}
+
+/* Wake every parked worker (stop, source closed, work to steal). */
+static void
+kick_parked(struct sluice_engine *e)
+{
+	pthread_mutex_lock(&e->idle_mu);
+	e->idle_kicks++;
+	pthread_cond_broadcast(&e->idle_cv);
+	pthread_mutex_unlock(&e->idle_mu);
+}
+
+/*
  * Fetch and handle messages until the source closes or the engine drains.
  * A worker that finds nothing to fetch steals from its siblings before it
  * blocks.
@@ -675,7 +732,7 @@ work_concurrent(struct worker *w)
 			credit = 1;
 			atomic_store_explicit(&w->fetching, 1,
 					      memory_order_relaxed);
-			if (steal_one(w)) {
+			if (steal_one(w) || park(w)) {
 				atomic_fetch_sub(&e->idle_fetchers, 1);
 				atomic_store_explicit(&w->fetching, 0,
 						      memory_order_relaxed);
@@ -685,11 +742,13 @@ work_concurrent(struct worker *w)
 			got = e->src.ops->fetch(e->src.self, w->buf, credit,
 						SLUICE_FOREVER);
 			atomic_fetch_sub(&e->idle_fetchers, 1);
+			unlead(e);
 		}
 		atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
 		credit_give(e, got > 0 ? credit - (size_t)got : credit);
 		if (got == SLUICE_ECLOSED) {
 			atomic_store(&e->source_closed, true);
+			kick_parked(e);
 			return;
 		}
 		if (got <= 0)
@@ -988,8 +1047,10 @@ watchdog_main(void *arg)
 		stalled = false;
 		next = min_deadline(next,
 				    scan_units(e, now, interrupt, &stalled));
-		if (stalled)
+		if (stalled) {
+			kick_parked(e);
 			e->src.ops->wakeup(e->src.self);
+		}
 		if (interrupt) /* after the hand-back, as in unit_expire() */
 			sluice_ctx_cancel(&e->root, SLUICE_CANCEL_SHUTDOWN);
 		next = min_deadline(next, now + tick);
@@ -1149,6 +1210,10 @@ sluice_engine_new(const struct sluice_engine_config *cfg,
 		goto out_credit_mu;
 	if (pthread_mutex_init(&e->steal_mu, NULL) != 0)
 		goto out_credit_cv;
+	if (pthread_mutex_init(&e->idle_mu, NULL) != 0)
+		goto out_steal_mu;
+	if (pthread_cond_init(&e->idle_cv, NULL) != 0)
+		goto out_idle_mu;
 	e->wd.acks = sl_calloc(64, sizeof(*e->wd.acks));
 	e->workers = sl_calloc(cfg->workers, sizeof(*e->workers));
 	if (!e->wd.acks || !e->workers)
@@ -1180,6 +1245,10 @@ out_workers:
 out_arrays:
 	sl_free(e->workers);
 	sl_free(e->wd.acks);
+	pthread_cond_destroy(&e->idle_cv);
+out_idle_mu:
+	pthread_mutex_destroy(&e->idle_mu);
+out_steal_mu:
 	pthread_mutex_destroy(&e->steal_mu);
 out_credit_cv:
 	pthread_cond_destroy(&e->credit_cv);
@@ -1245,6 +1314,7 @@ sluice_engine_stop(struct sluice_engine *e, enum sluice_stop how)
 	pthread_cond_broadcast(&e->cv);
 	pthread_mutex_unlock(&e->mu);
 	steal_unstarted(e);
+	kick_parked(e);
 	/* Unblock fetchers and credit waiters so they see the new phase. */
 	e->src.ops->wakeup(e->src.self);
 	pthread_mutex_lock(&e->credit_mu);
@@ -1266,6 +1336,7 @@ sluice_engine_wait(struct sluice_engine *e, int64_t deadline_ns)
 			 * while draining, repeat it every few real ms. */
 			pthread_mutex_unlock(&e->mu);
 			e->src.ops->wakeup(e->src.self);
+			kick_parked(e);
 			pthread_mutex_lock(&e->mu);
 			if (e->live_workers == 0)
 				break;
@@ -1321,6 +1392,8 @@ sluice_engine_free(struct sluice_engine *e)
 		worker_free(e->workers[i]);
 	sl_free(e->workers);
 	sl_free(e->wd.acks);
+	pthread_cond_destroy(&e->idle_cv);
+	pthread_mutex_destroy(&e->idle_mu);
 	pthread_mutex_destroy(&e->steal_mu);
 	pthread_cond_destroy(&e->credit_cv);
 	pthread_mutex_destroy(&e->credit_mu);
