@@ -33,13 +33,14 @@ struct sluice_bytes {
 
 #define SLUICE_MSG_ID_MAX 64
 
+/* 56 bytes on LP64: the header a handler reads fits one cache line. */
 struct sluice_msg {
 	const uint8_t *body; /* binary-safe; may hold NUL; not terminated */
 	size_t body_len;
 	int64_t timestamp_ns; /* when it was enqueued (source's clock) */
 	uint32_t attempts;    /* deliveries so far, this one included (>= 1) */
-	uint8_t id_len;       /* bytes used in id[] */
-	char id[SLUICE_MSG_ID_MAX]; /* not NUL-terminated when id_len == 64 */
+	uint8_t id_len;       /* bytes at id, at most SLUICE_MSG_ID_MAX */
+	const char *id;       /* owned by the source; not NUL-terminated */
 	/* Source-private: the lease (delivery handle) and anything else. */
 	uint64_t lease;
 	void *source_data;

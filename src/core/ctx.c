@@ -557,15 +557,20 @@ sluice_ctx_rearm(struct sluice_ctx *ctx, int64_t deadline_ns)
 	/* Deadline first: a reader that sees the live state sees it too. */
 	atomic_store_explicit(&ctx->deadline_ns, deadline_ns,
 			      memory_order_release);
+	/*
+	 * The owner is the only writer of a new generation, and nobody
+	 * cancels a generation that is over except with cancel_gen(), whose
+	 * CAS fails once the word changed.  So a plain store suffices
+	 * (rearm runs once per message: no locked instruction here); a
+	 * stale cancel that won just before the store only leaves an fd
+	 * count, which has_fds below sends down the locked path.
+	 */
 	old = load_state(ctx);
-	do {
-		/* Generations run 1, 2, ... and skip 0 when they wrap, so
-		 * callers may use 0 as "no unit". */
-		gen = ((old >> REASON_BITS) + 1) & GEN_MASK;
-		set = (gen ? gen : 1) << REASON_BITS;
-	} while (!atomic_compare_exchange_weak_explicit(&ctx->state, &old, set,
-							memory_order_acq_rel,
-							memory_order_acquire));
+	/* Generations run 1, 2, ... and skip 0 when they wrap, so callers
+	 * may use 0 as "no unit". */
+	gen = ((old >> REASON_BITS) + 1) & GEN_MASK;
+	set = (gen ? gen : 1) << REASON_BITS;
+	atomic_store_explicit(&ctx->state, set, memory_order_release);
 
 	/* The common case, a live context that never made an fd, has nothing
 	 * to drain: no lock. */

@@ -506,9 +506,10 @@ is_running(const struct sluice_engine *e)
 /*
  * The handler returned: settle with its result, unless the watchdog already
  * settled the unit or the deadline passed meanwhile (a late result is
- * discarded either way).  Frees @err.
+ * discarded either way).  Frees @err.  Returns whether the deadline had
+ * passed.
  */
-static void
+static bool
 finish_unit(struct worker *w, uint64_t gen, struct sluice_msg *const *msgs,
 	    size_t n, struct sluice_error *err, struct sluice_error **errs,
 	    int64_t deadline)
@@ -529,6 +530,7 @@ finish_unit(struct worker *w, uint64_t gen, struct sluice_msg *const *msgs,
 	}
 	sluice_error_free(late);
 	sluice_error_free(err);
+	return late != NULL;
 }
 
 /* Settle @m as a TIMEOUT without running it. */
@@ -542,8 +544,9 @@ expire_unstarted(struct worker *w, struct sluice_msg *m)
 	sluice_error_free(err);
 }
 
-/* Run one message as a unit on @w; *@slot must stay put until it returns. */
-static void
+/* Run one message as a unit on @w; *@slot must stay put until it returns.
+ * Returns whether its deadline had passed when it finished. */
+static bool
 run_message(struct worker *w, struct sluice_msg *const *slot, int64_t deadline)
 {
 	struct sluice_engine *e = w->e;
@@ -551,7 +554,7 @@ run_message(struct worker *w, struct sluice_msg *const *slot, int64_t deadline)
 	struct sluice_error *err;
 
 	err = e->handler.fn(e->handler.ud, &w->ctx, *slot);
-	finish_unit(w, gen, slot, 1, err, NULL, deadline);
+	return finish_unit(w, gen, slot, 1, err, NULL, deadline);
 }
 
 /* Leave the current fetch: take back to IDLE unless a drain stole it. */
@@ -579,6 +582,7 @@ run_fetched(struct worker *w, size_t got)
 	struct sluice_engine *e = w->e;
 	const int64_t timeout = e->cfg.timeout_ns;
 	size_t expect = TAKE_IDLE, i;
+	bool late = false;
 
 	atomic_store_explicit(&w->avail, got, memory_order_relaxed);
 	w->fetch_deadline = timeout > 0 ? now_ns(e) + timeout : SLUICE_FOREVER;
@@ -596,10 +600,13 @@ run_fetched(struct worker *w, size_t got)
 		if (i >= got)
 			break;
 		w->own[w->nown++] = w->buf[i];
-		if (i > 0 && past(e, w->fetch_deadline))
+		/* All share one deadline, checked when the previous one
+		 * finished (nanoseconds ago): once it has passed, the rest
+		 * are not started. */
+		if (late)
 			expire_unstarted(w, w->buf[i]);
 		else
-			run_message(w, &w->buf[i], w->fetch_deadline);
+			late = run_message(w, &w->buf[i], w->fetch_deadline);
 	}
 	close_fetch(w);
 	release_all(w, w->own, w->nown);
@@ -622,15 +629,21 @@ steal_one(struct worker *w)
 		struct worker *s = e->workers[(w->index + k) % e->nworkers];
 		size_t i, avail;
 
-		avail = atomic_load_explicit(&s->avail, memory_order_relaxed);
-		if (atomic_load(&s->take) >= avail)
-			continue; /* nothing waiting there, or drained */
+		if (atomic_load(&s->take) >=
+		    atomic_load_explicit(&s->avail, memory_order_relaxed))
+			continue; /* a hint: nothing waiting, or drained */
 		/* Stealing is opportunistic: never queue up on a busy lock
 		 * (the owner takes it once per fetch). */
 		if (pthread_mutex_trylock(&s->slot_mu) != 0)
 			continue;
-		avail = atomic_load_explicit(&s->avail, memory_order_relaxed);
-		if (atomic_load(&s->take) < avail) {
+		/* take first: once it shows the current fetch (the owner
+		 * cannot close it while we hold slot_mu), avail, stored before
+		 * take left IDLE, is that fetch's too.  The other order could
+		 * pair a stale avail with a new take and steal a pointer that
+		 * is no longer in the batch. */
+		i = atomic_load(&s->take);
+		avail = atomic_load(&s->avail);
+		if (i < avail) {
 			i = atomic_fetch_add(&s->take, 1);
 			if (i < avail) {
 				m = s->buf[i];
@@ -830,7 +843,7 @@ flush_batch(struct worker *w, size_t n)
 		berr = e->batch.fn(e->batch.ud, &w->ctx,
 				   (const struct sluice_msg *const *)run, nrun,
 				   w->errs);
-		finish_unit(w, gen, run, nrun, berr, w->errs, deadline);
+		(void)finish_unit(w, gen, run, nrun, berr, w->errs, deadline);
 		for (i = 0; i < nrun; i++)
 			sluice_error_free(w->errs[i]);
 		bump(&w->st.batches, 1);

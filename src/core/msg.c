@@ -33,7 +33,7 @@ sluice_msg_id(const struct sluice_msg *m, size_t *len)
 	}
 	if (len)
 		*len = n;
-	return m ? m->id : "";
+	return m && m->id ? m->id : "";
 }
 
 uint32_t

@@ -87,20 +87,37 @@ struct big {
 	uint8_t data[];
 };
 
+/*
+ * Laid out for the hot path: the first cache line holds the message header
+ * and the fields every fetch, ack and release touch; the second starts with
+ * the lease generation and the id and body bytes, so a message with a
+ * generated id and a small body lives in two cache lines.  What delays and
+ * leases use comes last.
+ */
 struct slot {
-	struct sluice_msg msg; /* written only while not borrowed */
-	struct big *big;       /* body storage when body_len > INLINE_BODY */
-	uint64_t gen;          /* deliveries of this slot; msg.lease copy */
-	int64_t key[2];        /* due time, lease end */
-	uint32_t hpos[2];      /* position in each heap or NONE */
-	uint32_t prev, next;   /* owed list links or NONE */
-	uint32_t attempts;     /* msg.attempts its next delivery gets */
-	uint8_t state;         /* enum slot_state */
-	uint8_t wait;          /* enum slot_wait, PENDING only */
-	uint8_t nodup;         /* a fault copy: not duplicated again */
-	uint8_t lent;          /* delivered and not yet released */
-	uint8_t body[INLINE_BODY];
+	_Alignas(
+		64) struct sluice_msg msg; /* written only while not borrowed */
+	uint8_t state;                     /* enum slot_state */
+	uint8_t wait;                      /* enum slot_wait, PENDING only */
+	uint8_t nodup;     /* a fault copy: not duplicated again */
+	uint8_t lent;      /* delivered and not yet released */
+	uint32_t attempts; /* msg.attempts its next delivery gets */
+	uint64_t gen;      /* deliveries of this slot; msg.lease copy */
+	struct big *big;   /* body storage when body_len > INLINE_BODY */
+	/* The id (msg.id points here), then the body at the next multiple
+	 * of 8 when it is at most INLINE_BODY bytes (msg.body points here). */
+	uint8_t area[SLUICE_MSG_ID_MAX + INLINE_BODY];
+	int64_t key[2];      /* due time, lease end */
+	uint32_t hpos[2];    /* position in each heap or NONE */
+	uint32_t prev, next; /* owed list links or NONE */
 };
+
+/* Where the inline body starts, after an id of @id_len bytes. */
+static inline uint8_t *
+inline_body(struct slot *s, size_t id_len)
+{
+	return s->area + ((id_len + 7) & ~(size_t)7);
+}
 
 struct heap {
 	uint32_t *v;
@@ -120,6 +137,7 @@ struct sluice_queue {
 	size_t max_body;
 	int64_t lease_ns;
 	struct slot *slots;
+	void *slots_mem; /* the allocation slots points into */
 
 	/* Guarded by mu. */
 	uint32_t *freev; /* free stack */
@@ -353,7 +371,8 @@ copy_ready(struct sluice_queue *q, uint32_t from, uint32_t attempts)
 	struct slot *s = &q->slots[from], *d = &q->slots[take_free(q)];
 
 	d->msg.id_len = s->msg.id_len;
-	memcpy(d->msg.id, s->msg.id, s->msg.id_len);
+	memcpy(d->area, s->msg.id, s->msg.id_len);
+	d->msg.id = (const char *)d->area;
 	d->msg.timestamp_ns = s->msg.timestamp_ns;
 	d->msg.body_len = s->msg.body_len;
 	if (s->big) {
@@ -361,9 +380,10 @@ copy_ready(struct sluice_queue *q, uint32_t from, uint32_t attempts)
 		d->big->refs++;
 		d->msg.body = d->big->data;
 	} else {
+		d->msg.body = inline_body(d, d->msg.id_len);
 		if (s->msg.body_len)
-			memcpy(d->body, s->body, s->msg.body_len);
-		d->msg.body = d->body;
+			memcpy(inline_body(d, d->msg.id_len), s->msg.body,
+			       s->msg.body_len);
 	}
 	d->attempts = attempts;
 	d->nodup = 0;
@@ -571,12 +591,13 @@ fill(struct sluice_queue *q, const char *id, size_t id_len,
 	struct slot *s = &q->slots[take_free(q)];
 
 	if (id) {
-		memcpy(s->msg.id, id, id_len);
+		memcpy(s->area, id, id_len);
 		s->msg.id_len = (uint8_t)id_len;
 	} else {
-		hex_id(s->msg.id, ++q->next_id);
+		hex_id((char *)s->area, ++q->next_id);
 		s->msg.id_len = GEN_ID_LEN;
 	}
+	s->msg.id = (const char *)s->area;
 	s->msg.timestamp_ns = now;
 	s->msg.body_len = b->len;
 	if (b->len > INLINE_BODY) {
@@ -584,9 +605,9 @@ fill(struct sluice_queue *q, const char *id, size_t id_len,
 		*bigp = NULL;
 		s->msg.body = s->big->data;
 	} else {
+		s->msg.body = inline_body(s, s->msg.id_len);
 		if (b->len)
-			memcpy(s->body, b->ptr, b->len);
-		s->msg.body = s->body;
+			memcpy(inline_body(s, s->msg.id_len), b->ptr, b->len);
 	}
 	s->attempts = 1;
 	s->nodup = 0;
@@ -1196,7 +1217,7 @@ mutex_init(pthread_mutex_t *mu)
 static void
 free_arrays(struct sluice_queue *q)
 {
-	sl_free(q->slots);
+	sl_free(q->slots_mem);
 	sl_free(q->freev);
 	sl_free(q->ring);
 	sl_free(q->heap[H_DUE].v);
@@ -1224,7 +1245,11 @@ sluice_queue_new(const struct sluice_queue_config *cfg,
 	q->space_need = 1;
 	q->max_body = cfg->max_body;
 	q->lease_ns = cfg->lease_ns;
-	q->slots = sl_calloc(cap, sizeof(*q->slots));
+	/* Slots are cache-line aligned: over-allocate and round up. */
+	q->slots_mem = sl_calloc(1, cap * sizeof(*q->slots) + 64);
+	if (q->slots_mem)
+		q->slots = (struct slot *)(((uintptr_t)q->slots_mem + 63) &
+					   ~(uintptr_t)63);
 	q->freev = sl_calloc(cap, sizeof(*q->freev));
 	q->ring = sl_calloc(cap, sizeof(*q->ring));
 	q->heap[H_DUE].v = sl_calloc(cap, sizeof(uint32_t));

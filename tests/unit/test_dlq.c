@@ -30,7 +30,7 @@ make_msg(const char *id, size_t id_len, const void *body, size_t len,
 	struct sluice_msg m;
 
 	memset(&m, 0, sizeof(m));
-	memcpy(m.id, id, id_len);
+	m.id = id;
 	m.id_len = (uint8_t)id_len;
 	m.body = body;
 	m.body_len = len;

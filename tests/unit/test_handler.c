@@ -76,7 +76,7 @@ mkmsg(const char *id)
 
 	memset(&m, 0, sizeof(m));
 	m.id_len = (uint8_t)strlen(id);
-	memcpy(m.id, id, m.id_len);
+	m.id = id;
 	m.attempts = 1;
 	return m;
 }
