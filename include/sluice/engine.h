@@ -5,7 +5,8 @@
  * graceful drain.
  *
  * Concurrent mode runs N worker threads; each pulls messages from the source
- * itself, so there is no dispatcher hop.  The engine never holds more than
+ * itself, so there is no dispatcher hop, and an idle worker steals messages
+ * fetched behind a slow one.  The engine never holds more than
  * max_in_flight = N + prefetch messages (fetched and not yet released): that
  * is the credit it gives the source, and the reason load cannot pile up
  * inside the process (the seed's "avalanche").  Batch mode gives each worker
@@ -66,13 +67,9 @@ struct sluice_engine_config {
 	int64_t batch_wait_ns;    /* batch mode: longest fill wait; 50 ms */
 	int64_t timeout_ns;       /* per message (per batch); 0 = none; 30 s */
 	int64_t drain_timeout_ns; /* graceful stop budget; 30 s */
-	int64_t stuck_grace_ns;   /* a handler still running this long after
-				     its deadline is abandoned and its worker
-				     replaced (at most N times); 1 s */
 	struct sluice_backoff retry;      /* sluice_backoff_default() */
 	const struct sluice_clock *clock; /* borrowed; NULL = monotonic */
-	uint64_t seed;    /* RNG seed for jitter; 0 = from the OS */
-	const char *name; /* for logs and dead-letter records */
+	uint64_t seed; /* RNG seed for jitter; 0 = from the OS */
 };
 
 /** sluice_engine_config_init() - fill @cfg with the defaults above. */
@@ -151,7 +148,6 @@ struct sluice_engine_stats {
 	uint64_t handed_back;     /* requeued unstarted or cancelled at drain */
 	uint64_t dlq_failed;      /* dead-letter writes that failed */
 	uint64_t ack_failed;      /* acks the source refused (stale lease) */
-	uint64_t abandoned;       /* workers replaced after a stuck handler */
 	uint64_t batches;         /* batch handler calls */
 	/* gauges and high-water marks */
 	uint64_t running;     /* units (messages or batches) running now */

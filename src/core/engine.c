@@ -227,9 +227,7 @@ sluice_engine_config_init(struct sluice_engine_config *cfg)
 	cfg->batch_wait_ns = 50 * SLUICE_NS_PER_MS;
 	cfg->timeout_ns = 30 * SLUICE_NS_PER_S;
 	cfg->drain_timeout_ns = 30 * SLUICE_NS_PER_S;
-	cfg->stuck_grace_ns = SLUICE_NS_PER_S;
 	cfg->retry = sluice_backoff_default();
-	cfg->name = "sluice";
 }
 
 /* ---- credit ------------------------------------------------------------- */
@@ -1084,7 +1082,7 @@ check_config(const struct sluice_engine_config *c, struct sluice_source src,
 	if (c->workers < 1 || c->workers > 1024)
 		return SLUICE_EINVAL;
 	if (c->timeout_ns < 0 || c->drain_timeout_ns < 0 ||
-	    c->batch_wait_ns < 0 || c->stuck_grace_ns < 0)
+	    c->batch_wait_ns < 0)
 		return SLUICE_EINVAL;
 	if (sluice_backoff_check(&c->retry) != 0)
 		return SLUICE_EINVAL;
@@ -1182,8 +1180,6 @@ sluice_engine_new(const struct sluice_engine_config *cfg,
 	if (!e)
 		return SLUICE_ENOMEM;
 	e->cfg = *cfg;
-	if (!e->cfg.name)
-		e->cfg.name = "sluice";
 	if (e->cfg.prefetch == SLUICE_PREFETCH_AUTO)
 		e->cfg.prefetch = e->cfg.workers / 4 ? e->cfg.workers / 4 : 1;
 	e->src = src;

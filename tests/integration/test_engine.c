@@ -779,7 +779,7 @@ test_duplicates_run_once_with_dedup(void)
 	rig_accounting(&r, &st);
 	sluice_queue_stats(r.q, &qs);
 	CHECK_GE(qs.duplicated, N_DUP);
-	CHECK_EQ(st.handled, qs.acked);     /* every copy acked; one ran */
+	CHECK_EQ(st.handled, qs.acked); /* every copy acked; one ran */
 	CHECK_EQ(st.handled, N_DUP + qs.duplicated); /* one ack per copy */
 	rig_free(&r);
 	sluice_stack_free(stack);
