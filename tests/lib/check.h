@@ -22,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+static inline void check_fail_(const char *file, int line, const char *what)
+	__attribute__((noreturn));
+
 static inline void
 check_fail_(const char *file, int line, const char *what)
 {
