@@ -714,6 +714,39 @@ kick_parked(struct sluice_engine *e)
 }
 
 /*
+ * Fetch up to *@credit messages into @into without blocking; if there are
+ * none, look for one to steal (@may_steal), then either park or, as the
+ * leader, block in the source for one message.  A worker that blocks keeps
+ * a reservation of one credit only (*@credit is lowered to 1): credit held
+ * by a sleeping worker is credit a busy one cannot use.
+ * Returns the count fetched, 0 (look again), or the source's error.
+ */
+static int
+fetch_or_wait(struct worker *w, struct sluice_msg **into, size_t *credit,
+	      bool may_steal)
+{
+	struct sluice_engine *e = w->e;
+	int got;
+
+	atomic_store_explicit(&w->fetching, *credit, memory_order_relaxed);
+	got = e->src.ops->fetch(e->src.self, into, *credit, 0);
+	if (got == 0) {
+		atomic_fetch_add(&e->idle_fetchers, 1);
+		credit_give(e, *credit - 1);
+		*credit = 1;
+		atomic_store_explicit(&w->fetching, 1, memory_order_relaxed);
+		if (!(may_steal && steal_one(w)) && !park(w)) {
+			got = e->src.ops->fetch(e->src.self, into, 1,
+						SLUICE_FOREVER);
+			unlead(e);
+		}
+		atomic_fetch_sub(&e->idle_fetchers, 1);
+	}
+	atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+	return got;
+}
+
+/*
  * Fetch and handle messages until the source closes or the engine drains.
  * A worker that finds nothing to fetch steals from its siblings before it
  * blocks.
@@ -732,30 +765,7 @@ work_concurrent(struct worker *w)
 				credit_wait(e);
 			continue;
 		}
-		atomic_store_explicit(&w->fetching, credit,
-				      memory_order_relaxed);
-		got = e->src.ops->fetch(e->src.self, w->buf, credit, 0);
-		if (got == 0) {
-			atomic_fetch_add(&e->idle_fetchers, 1);
-			/* Block for one message only: credit reserved by a
-			 * sleeping worker is credit a busy one cannot use. */
-			credit_give(e, credit - 1);
-			credit = 1;
-			atomic_store_explicit(&w->fetching, 1,
-					      memory_order_relaxed);
-			if (steal_one(w) || park(w)) {
-				atomic_fetch_sub(&e->idle_fetchers, 1);
-				atomic_store_explicit(&w->fetching, 0,
-						      memory_order_relaxed);
-				credit_give(e, credit);
-				continue;
-			}
-			got = e->src.ops->fetch(e->src.self, w->buf, credit,
-						SLUICE_FOREVER);
-			atomic_fetch_sub(&e->idle_fetchers, 1);
-			unlead(e);
-		}
-		atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+		got = fetch_or_wait(w, w->buf, &credit, true);
 		credit_give(e, got > 0 ? credit - (size_t)got : credit);
 		if (got == SLUICE_ECLOSED) {
 			atomic_store(&e->source_closed, true);
@@ -914,15 +924,21 @@ work_batch(struct worker *w)
 			}
 			continue;
 		}
-		atomic_store_explicit(&w->fetching, credit,
-				      memory_order_relaxed);
-		got = e->src.ops->fetch(e->src.self, w->buf + len, credit,
-					len ? first + e->cfg.batch_wait_ns
-					    : SLUICE_FOREVER);
-		atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+		if (len == 0) {
+			got = fetch_or_wait(w, w->buf, &credit, false);
+		} else {
+			atomic_store_explicit(&w->fetching, credit,
+					      memory_order_relaxed);
+			got = e->src.ops->fetch(e->src.self, w->buf + len,
+						credit,
+						first + e->cfg.batch_wait_ns);
+			atomic_store_explicit(&w->fetching, 0,
+					      memory_order_relaxed);
+		}
 		credit_give(e, got > 0 ? credit - (size_t)got : credit);
 		if (got == SLUICE_ECLOSED) {
 			atomic_store(&e->source_closed, true);
+			kick_parked(e);
 			break;
 		}
 		if (got < 0)
