@@ -61,7 +61,8 @@ extern "C" {
 	X(ECLOSED, -1000, "source closed: no more messages")               \
 	X(EDISCONNECTED, -1001, "source disconnected; leases were lost")   \
 	X(ESTALE, -1002, "lease no longer valid (expired or redelivered)") \
-	X(ESTATE, -1003, "operation not allowed in the current state")
+	X(ESTATE, -1003, "operation not allowed in the current state")     \
+	X(EPROTO, -1004, "malformed frame in the input")
 
 enum sluice_errcode {
 	SLUICE_OK = 0,
