@@ -25,8 +25,18 @@ $(BUILD)/CMakeCache.txt:
 deps:
 	scripts/deps.sh
 
+# The main job on its embedded default: stdin.  200 generated messages go
+# through a flaky handler (examples/demo-handler.sh); the summary shows the
+# retries, timeouts and dead letters.  Exit 1 (some dead-lettered) is the
+# expected outcome here, so only worse fails the target.
 demo: deps all
-	$(BUILD)/hello
+	@echo "== seq 200 | sluice consume -j 8 --timeout 1s --exec examples/demo-handler.sh"
+	@rm -f $(BUILD)/demo-dead.jsonl; \
+	seq 200 | $(BUILD)/sluice consume -j 8 --timeout 1s --max-attempts 3 \
+		--backoff 50ms:500ms --dead-letter $(BUILD)/demo-dead.jsonl \
+		--exec 'examples/demo-handler.sh >/dev/null'; \
+	status=$$?; echo "dead letters (JSON lines): $(BUILD)/demo-dead.jsonl"; \
+	[ $$status -le 1 ]
 
 test: deps all
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

@@ -77,3 +77,27 @@ run_case engine-pool-1w pool 1
 run_case engine-pool-2w pool 2
 run_case engine-pool-8w pool 8
 run_case engine-batch-2w batch 2
+
+# ---- the command line tool ---------------------------------------------------
+cli="$build/sluice"
+if [ -x "$cli" ]; then
+	work=$(mktemp -d)
+	ns() { date +%s%N; }
+	seq "$n" >"$work/lines"
+	t0=$(ns); cat "$work/lines" | cat >/dev/null; t1=$(ns)
+	cat_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')
+	t0=$(ns); cat "$work/lines" | "$cli" consume -q --discard; t1=$(ns)
+	our_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')
+	awk -v n="$n" -v o="$our_s" -v c="$cat_s" 'BEGIN {
+		printf "BENCH cli-discard %.2f Mmsg/s cat=%.2f ratio=%.2f\n",
+			n / o / 1e6, n / c / 1e6, c / o }'
+	seq 10000 >"$work/lines10k"
+	t0=$(ns); xargs -P 8 -n 1 true <"$work/lines10k"; t1=$(ns)
+	x_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')
+	t0=$(ns); "$cli" consume -q -j 8 --exec true <"$work/lines10k"; t1=$(ns)
+	our_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print (b - a) / 1e9 }')
+	awk -v o="$our_s" -v x="$x_s" 'BEGIN {
+		printf "BENCH cli-exec-true-j8 %.0f msg/s xargs=%.0f ratio=%.2f\n",
+			10000 / o, 10000 / x, x / o }'
+	rm -rf "$work"
+fi

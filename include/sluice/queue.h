@@ -135,6 +135,17 @@ SLUICE_API void sluice_queue_disconnect(struct sluice_queue *q);
 SLUICE_API void sluice_queue_expire(struct sluice_queue *q);
 
 /**
+ * sluice_queue_take_all() - deliver up to @max waiting messages, delayed
+ * ones too regardless of their due time, as leased deliveries to be acked
+ * and released like fetched ones.  For a consumer shutting down with
+ * nowhere to give messages back (it records them instead).
+ *
+ * Returns: how many (0 when nothing waits), or SLUICE_EINVAL.
+ */
+SLUICE_API int sluice_queue_take_all(struct sluice_queue *q,
+				     struct sluice_msg **out, size_t max);
+
+/**
  * sluice_queue_wait_idle() - block until nothing is ready, delayed or leased,
  * or @deadline_ns.  Returns 0 or SLUICE_ETIMEDOUT.
  */

@@ -901,6 +901,39 @@ q_fetch(void *self, struct sluice_msg **out, size_t max, int64_t deadline_ns)
 	return rc;
 }
 
+/*
+ * Deliver every message that is waiting, delayed ones included whatever
+ * their due time: a consumer that is shutting down and has nowhere to give
+ * messages back (stdin) takes them all to record them.
+ */
+int
+sluice_queue_take_all(struct sluice_queue *q, struct sluice_msg **out,
+		      size_t max)
+{
+	uint32_t idx;
+	size_t n;
+
+	if (!q || !out)
+		return SLUICE_EINVAL;
+	if (max > INT_MAX)
+		max = INT_MAX;
+	pthread_mutex_lock(&q->mu);
+	while (q->heap[H_DUE].n) {
+		idx = q->heap[H_DUE].v[0];
+		heap_remove(q, H_DUE, idx);
+		if (q->slots[idx].state == S_DELAYED) {
+			q->ndelayed--;
+			ring_push(q, idx);
+		} else {
+			q->slots[idx].wait = W_NONE;
+			owe(q, idx);
+		}
+	}
+	n = take(q, out, max, 0, false);
+	unlock_plan(q);
+	return (int)n;
+}
+
 static int
 q_ack(void *self, struct sluice_msg *const *msgs, size_t n)
 {

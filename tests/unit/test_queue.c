@@ -1109,6 +1109,36 @@ test_threads_every_message_acked_once(void)
 	free(s);
 }
 
+/* take_all hands over delayed messages before they are due, and ready ones. */
+static void
+test_take_all_includes_delayed(void)
+{
+	struct sluice_queue_stats st;
+	struct sluice_msg *m[4];
+	struct fixture f;
+
+	setup(&f, 4, 0, true);
+	publish_str(&f, "later");
+	publish_str(&f, "now");
+	CHECK_EQ(fetch(&f, m, 1, 0), 1);
+	CHECK_OK(requeue(&f, m[0], 3600 * SLUICE_NS_PER_S, true));
+	release1(&f, m[0]);
+	CHECK_EQ(fetch(&f, m, 4, 0), 1); /* only "now" is ready */
+	CHECK_OK(requeue(&f, m[0], 0, false));
+	release1(&f, m[0]);
+	CHECK_EQ(sluice_queue_take_all(f.q, m, 4), 2);
+	CHECK_EQ(sluice_queue_take_all(f.q, m + 2, 2), 0);
+	sluice_queue_stats(f.q, &st);
+	CHECK_EQ(st.delayed, 0);
+	CHECK_EQ(st.leased, 2);
+	CHECK_EQ(ack1(&f, m[0]), 0);
+	CHECK_EQ(ack1(&f, m[1]), 0);
+	release1(&f, m[0]);
+	release1(&f, m[1]);
+	CHECK_EQ(sluice_queue_take_all(NULL, m, 1), SLUICE_EINVAL);
+	teardown(&f);
+}
+
 CHECK_MAIN(test_round_trip_bytes, test_explicit_ids, test_fifo_order,
 	   test_invalid_args, test_capacity_bound,
 	   test_blocked_publisher_released, test_blocked_publisher_closed,
@@ -1121,4 +1151,5 @@ CHECK_MAIN(test_round_trip_bytes, test_explicit_ids, test_fifo_order,
 	   test_disconnect_full, test_wakeup_unblocks_fetch,
 	   test_wakeup_unblocks_every_fetch, test_fetch_virtual_deadline,
 	   test_wait_idle, test_stats_consistent,
-	   test_threads_every_message_acked_once)
+	   test_threads_every_message_acked_once,
+	   test_take_all_includes_delayed)

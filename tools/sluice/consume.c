@@ -1,0 +1,921 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * consume.c - `sluice consume`: read messages from stdin or files and hand
+ * each one (or each batch) to a command, a file, stdout or nowhere, through
+ * the engine: bounded concurrency or batches, deadlines, retries,
+ * dead-lettering and a graceful drain.  Uses the public API only.
+ *
+ * Threads: main (setup, wait, summary), the stream's reader, the engine's
+ * workers and watchdog, a signal thread (SIGINT/SIGTERM: first drains,
+ * second stops now) and, on a terminal, a progress thread.  Signals are
+ * blocked in every thread and taken by sigtimedwait in the signal thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sluice/exec.h>
+#include <sluice/sluice.h>
+#include <sluice/stream.h>
+
+#include "cli.h"
+
+enum sink { SINK_STDOUT, SINK_OUTPUT, SINK_EXEC, SINK_DISCARD };
+
+struct opts {
+	unsigned workers;
+	unsigned prefetch;
+	uint64_t batch, batch_bytes, count, max_body, capacity;
+	int64_t batch_wait_ns, timeout_ns, drain_ns, kill_grace_ns;
+	uint64_t max_attempts;
+	int64_t backoff_min_ns, backoff_max_ns;
+	const char *dead_letter, *output, *exec, *exit_codes;
+	enum sink sink;
+	int nsinks;
+	enum sluice_framing framing;
+	bool quiet;
+};
+
+/* State shared by handlers (workers), the signal and progress threads. */
+struct run {
+	struct opts o;
+	struct sluice_exec_config exec;
+	int out_fd; /* stdout or --output; writes under out_mu */
+	pthread_mutex_t out_mu;
+	struct cli_hist hist;
+	struct sluice_engine *e;
+	struct sluice_stream *stream;
+	struct sluice_dlq dlq;
+	_Atomic bool done;      /* main is finishing: helper threads exit */
+	_Atomic int signals;    /* SIGINT/SIGTERM received */
+	pthread_mutex_t err_mu; /* serialises stderr lines vs progress */
+	int64_t t0;
+};
+
+static const char usage_text[] =
+	"usage: sluice consume [flags] [FILE...]\n"
+	"\n"
+	"Read messages from FILEs (default: stdin; '-' is stdin too) and hand\n"
+	"each one, or each batch, to a command, a file or stdout, with bounded\n"
+	"concurrency, a deadline per message, retries with backoff and a\n"
+	"dead-letter file.  Nothing read is lost: on end of input or SIGINT/\n"
+	"SIGTERM, sluice drains, and what it did not finish is dead-lettered\n"
+	"with the reason.  A second signal stops at once (still recorded).\n"
+	"\n"
+	"Sinks (one; default --stdout):\n"
+	"  --exec CMD            run CMD via /bin/sh -c per message (per batch\n"
+	"                        with --batch), the body on its stdin\n"
+	"  --stdout              write each message to stdout, framed as input\n"
+	"  --output FILE         append to FILE, fsync per batch\n"
+	"  --discard             only count (benchmarks)\n"
+	"Processing:\n"
+	"  -j, --concurrency N   handlers running at once (default: CPUs)\n"
+	"  --prefetch N          messages fetched ahead of a free handler\n"
+	"  --batch N             batch mode: up to N messages per handler call\n"
+	"  --batch-bytes SIZE    ... or this many body bytes (e.g. 64K)\n"
+	"  --batch-wait DUR      ... or this long after the first (100ms)\n"
+	"  --timeout DUR         deadline per message/batch (30s; 0 = none)\n"
+	"  --max-attempts N      deliveries before dead-lettering (5)\n"
+	"  --backoff MIN:MAX     retry delays, exponential with jitter\n"
+	"                        (100ms:60s)\n"
+	"  --dead-letter FILE    JSON lines of what failed for good (default:\n"
+	"                        stderr)\n"
+	"  -n, --count N         read only N messages, exit when settled\n"
+	"  --drain-timeout DUR   how long shutdown waits for handlers (30s)\n"
+	"Input:\n"
+	"  --framing F           line (default), nul, or length (4-byte\n"
+	"                        big-endian length, then the body)\n"
+	"  --max-body SIZE       longest message accepted (1M)\n"
+	"Exec:\n"
+	"  --exit-codes SPEC     class of exit codes, e.g. '3=permanent,4=ok'\n"
+	"                        (0 ok, 75 temporary, 65 permanent, other\n"
+	"                        temporary; killed by a signal = crash)\n"
+	"  --kill-grace DUR      SIGTERM to SIGKILL at the deadline (2s)\n"
+	"Output:\n"
+	"  -q, --quiet           no progress line, no summary\n"
+	"  -h, --help            this text\n"
+	"\n"
+	"Durations take ms, s, m or h (e.g. 250ms); sizes K, M or G.  Every\n"
+	"flag can also come from the environment: --batch-wait as\n"
+	"SLUICE_BATCH_WAIT=..., --quiet as SLUICE_QUIET=1; flags win.\n"
+	"The child gets SLUICE_DEADLINE_MS, SLUICE_ATTEMPT, SLUICE_MSG_ID and,\n"
+	"in batch mode, SLUICE_BATCH_SIZE in its environment.\n"
+	"\n"
+	"Exit status: 0 all handled, 1 some dead-lettered, 2 usage error,\n"
+	"3 the input broke off (malformed or unreadable), 66 an input cannot\n"
+	"be opened, 73 an output cannot be created.\n"
+	"\n"
+	"Examples:\n"
+	"  seq 100 | sluice consume -j 8 --exec 'curl -fsS -d @- $URL'\n"
+	"  sluice consume --batch 500 --output all.log events.log\n"
+	"  find . -print0 | sluice consume --framing nul --exec 'gzip -k \"$(cat)\"'\n";
+
+enum {
+	O_BATCH = 256,
+	O_BATCH_BYTES,
+	O_BATCH_WAIT,
+	O_TIMEOUT,
+	O_MAX_ATTEMPTS,
+	O_BACKOFF,
+	O_DEAD_LETTER,
+	O_DRAIN,
+	O_FRAMING,
+	O_MAX_BODY,
+	O_EXEC,
+	O_STDOUT,
+	O_OUTPUT,
+	O_DISCARD,
+	O_EXIT_CODES,
+	O_KILL_GRACE,
+	O_PREFETCH,
+	O_CAPACITY,
+};
+
+static const struct option longopts[] = {
+	{ "concurrency", required_argument, NULL, 'j' },
+	{ "count", required_argument, NULL, 'n' },
+	{ "quiet", no_argument, NULL, 'q' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "batch", required_argument, NULL, O_BATCH },
+	{ "batch-bytes", required_argument, NULL, O_BATCH_BYTES },
+	{ "batch-wait", required_argument, NULL, O_BATCH_WAIT },
+	{ "timeout", required_argument, NULL, O_TIMEOUT },
+	{ "max-attempts", required_argument, NULL, O_MAX_ATTEMPTS },
+	{ "backoff", required_argument, NULL, O_BACKOFF },
+	{ "dead-letter", required_argument, NULL, O_DEAD_LETTER },
+	{ "drain-timeout", required_argument, NULL, O_DRAIN },
+	{ "framing", required_argument, NULL, O_FRAMING },
+	{ "max-body", required_argument, NULL, O_MAX_BODY },
+	{ "exec", required_argument, NULL, O_EXEC },
+	{ "stdout", no_argument, NULL, O_STDOUT },
+	{ "output", required_argument, NULL, O_OUTPUT },
+	{ "discard", no_argument, NULL, O_DISCARD },
+	{ "exit-codes", required_argument, NULL, O_EXIT_CODES },
+	{ "kill-grace", required_argument, NULL, O_KILL_GRACE },
+	{ "prefetch", required_argument, NULL, O_PREFETCH },
+	{ "capacity", required_argument, NULL, O_CAPACITY },
+	{ NULL, 0, NULL, 0 },
+};
+
+static int
+usage_error(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "sluice consume: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'sluice consume --help'.\n");
+	return EXIT_USAGE;
+}
+
+static void
+defaults(struct opts *o)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	memset(o, 0, sizeof(*o));
+	o->workers = n > 0 ? (unsigned)n : 1;
+	o->prefetch = SLUICE_PREFETCH_AUTO;
+	o->batch_wait_ns = 100 * SLUICE_NS_PER_MS;
+	o->timeout_ns = 30 * SLUICE_NS_PER_S;
+	o->drain_ns = 30 * SLUICE_NS_PER_S;
+	o->kill_grace_ns = 2 * SLUICE_NS_PER_S;
+	o->max_attempts = 5;
+	o->backoff_min_ns = 100 * SLUICE_NS_PER_MS;
+	o->backoff_max_ns = 60 * SLUICE_NS_PER_S;
+	o->max_body = 1024 * 1024;
+	o->capacity = 1024;
+	o->framing = SLUICE_FRAMING_LINE;
+}
+
+static int
+set_sink(struct opts *o, enum sink s)
+{
+	if (o->nsinks && o->sink != s)
+		return -1;
+	o->sink = s;
+	o->nsinks = 1;
+	return 0;
+}
+
+#define BAD(what) return usage_error(what, optarg)
+
+/* Apply one option; returns 0 or an exit status. */
+static int
+apply(struct opts *o, int c)
+{
+	uint64_t v;
+	char *colon;
+
+	switch (c) {
+	case 'j':
+		if (cli_parse_uint(optarg, 1, 1024, &v))
+			BAD("--concurrency wants 1..1024, not '%s'");
+		o->workers = (unsigned)v;
+		return 0;
+	case 'n':
+		if (cli_parse_uint(optarg, 1, UINT64_MAX, &o->count))
+			BAD("--count wants a positive number, not '%s'");
+		return 0;
+	case 'q':
+		o->quiet = true;
+		return 0;
+	case O_BATCH:
+		if (cli_parse_uint(optarg, 1, 1000000, &o->batch))
+			BAD("--batch wants 1..1000000, not '%s'");
+		return 0;
+	case O_BATCH_BYTES:
+		if (cli_parse_size(optarg, &o->batch_bytes))
+			BAD("--batch-bytes wants a size like 64K, not '%s'");
+		return 0;
+	case O_BATCH_WAIT:
+		if (cli_parse_duration(optarg, &o->batch_wait_ns))
+			BAD("--batch-wait wants a duration like 250ms, not '%s'");
+		return 0;
+	case O_TIMEOUT:
+		if (cli_parse_duration(optarg, &o->timeout_ns))
+			BAD("--timeout wants a duration like 30s, not '%s'");
+		return 0;
+	case O_DRAIN:
+		if (cli_parse_duration(optarg, &o->drain_ns))
+			BAD("--drain-timeout wants a duration like 30s, not '%s'");
+		return 0;
+	case O_KILL_GRACE:
+		if (cli_parse_duration(optarg, &o->kill_grace_ns))
+			BAD("--kill-grace wants a duration like 2s, not '%s'");
+		return 0;
+	case O_MAX_ATTEMPTS:
+		if (cli_parse_uint(optarg, 1, 1000000, &o->max_attempts))
+			BAD("--max-attempts wants 1..1000000, not '%s'");
+		return 0;
+	case O_BACKOFF:
+		colon = strchr(optarg, ':');
+		if (!colon)
+			BAD("--backoff wants MIN:MAX, e.g. 100ms:60s, not '%s'");
+		*colon = 0;
+		if (cli_parse_duration(optarg, &o->backoff_min_ns) ||
+		    cli_parse_duration(colon + 1, &o->backoff_max_ns) ||
+		    o->backoff_min_ns > o->backoff_max_ns) {
+			*colon = ':';
+			BAD("--backoff wants MIN:MAX with MIN <= MAX, not '%s'");
+		}
+		*colon = ':';
+		return 0;
+	case O_DEAD_LETTER:
+		o->dead_letter = optarg;
+		return 0;
+	case O_FRAMING:
+		if (sluice_framing_parse(optarg, &o->framing))
+			BAD("--framing wants line, nul or length, not '%s'");
+		return 0;
+	case O_MAX_BODY:
+		if (cli_parse_size(optarg, &o->max_body) || o->max_body == 0 ||
+		    o->max_body > UINT32_MAX)
+			BAD("--max-body wants a size from 1 to 4G-1, not '%s'");
+		return 0;
+	case O_PREFETCH:
+		if (cli_parse_uint(optarg, 0, 1000000, &v))
+			BAD("--prefetch wants 0..1000000, not '%s'");
+		o->prefetch = (unsigned)v;
+		return 0;
+	case O_CAPACITY:
+		if (cli_parse_uint(optarg, 1, 10000000, &o->capacity))
+			BAD("--capacity wants 1..10000000, not '%s'");
+		return 0;
+	case O_EXEC:
+		o->exec = optarg;
+		return set_sink(o, SINK_EXEC)
+			       ? usage_error(
+					 "%s",
+					 "choose one of --exec, --stdout, --output, --discard")
+			       : 0;
+	case O_STDOUT:
+		return set_sink(o, SINK_STDOUT)
+			       ? usage_error(
+					 "%s",
+					 "choose one of --exec, --stdout, --output, --discard")
+			       : 0;
+	case O_OUTPUT:
+		o->output = optarg;
+		return set_sink(o, SINK_OUTPUT)
+			       ? usage_error(
+					 "%s",
+					 "choose one of --exec, --stdout, --output, --discard")
+			       : 0;
+	case O_DISCARD:
+		return set_sink(o, SINK_DISCARD)
+			       ? usage_error(
+					 "%s",
+					 "choose one of --exec, --stdout, --output, --discard")
+			       : 0;
+	case O_EXIT_CODES:
+		o->exit_codes = optarg;
+		return 0;
+	default:
+		return EXIT_USAGE; /* getopt printed the problem */
+	}
+}
+
+/*
+ * Flags may come from SLUICE_* variables: they are put in front of the
+ * real arguments, so a flag on the command line, parsed later, wins.
+ */
+static char **
+with_env(int argc, char **argv, int *nargc)
+{
+	const struct option *lo;
+	char **v, name[64], *val;
+	size_t i, k = 0, n = 1;
+
+	v = calloc((size_t)argc + 2 * (sizeof(longopts) / sizeof(longopts[0])) +
+			   1,
+		   sizeof(*v));
+	if (!v)
+		return NULL;
+	v[k++] = argv[0];
+	for (lo = longopts; lo->name; lo++) {
+		snprintf(name, sizeof(name), "SLUICE_");
+		for (i = 0; lo->name[i] && i + 8 < sizeof(name); i++)
+			name[7 + i] = lo->name[i] == '-'
+					      ? '_'
+					      : (char)(lo->name[i] & ~0x20);
+		name[7 + i] = 0;
+		val = getenv(name);
+		if (!val || !*val || lo->val == 'h')
+			continue;
+		if (lo->has_arg == no_argument) {
+			if (strcmp(val, "0") == 0 || strcmp(val, "false") == 0)
+				continue;
+			if (asprintf(&v[k++], "--%s", lo->name) < 0)
+				return NULL;
+		} else if (asprintf(&v[k++], "--%s=%s", lo->name, val) < 0) {
+			return NULL;
+		}
+	}
+	for (; n < (size_t)argc; n++)
+		v[k++] = argv[n];
+	*nargc = (int)k;
+	return v;
+}
+
+/* ---- handlers ----------------------------------------------------------- */
+
+static int64_t
+now_ns(void)
+{
+	return sluice_clock_now_ns(sluice_clock_monotonic());
+}
+
+/* Write @n bodies framed as input to out_fd in one writev per chunk. */
+static struct sluice_error *
+write_framed(struct run *r, const struct sluice_msg *const *msgs, size_t n)
+{
+	enum { IOV = 128 };
+	struct iovec iov[IOV * 2];
+	uint8_t hdr[IOV][4];
+	static const uint8_t nl = '\n', nul = 0;
+	size_t i = 0, k, cnt;
+	ssize_t w;
+	int e = 0;
+
+	pthread_mutex_lock(&r->out_mu);
+	while (i < n && !e) {
+		for (cnt = 0, k = 0; i < n && k < IOV; i++, k++) {
+			const struct sluice_msg *m = msgs[i];
+
+			if (r->o.framing == SLUICE_FRAMING_LENGTH) {
+				hdr[k][0] = (uint8_t)(m->body_len >> 24);
+				hdr[k][1] = (uint8_t)(m->body_len >> 16);
+				hdr[k][2] = (uint8_t)(m->body_len >> 8);
+				hdr[k][3] = (uint8_t)m->body_len;
+				iov[cnt].iov_base = hdr[k];
+				iov[cnt++].iov_len = 4;
+			}
+			iov[cnt].iov_base = (void *)(uintptr_t)m->body;
+			iov[cnt++].iov_len = m->body_len;
+			if (r->o.framing != SLUICE_FRAMING_LENGTH) {
+				iov[cnt].iov_base =
+					(void *)(uintptr_t)(r->o.framing == SLUICE_FRAMING_NUL
+								    ? &nul
+								    : &nl);
+				iov[cnt++].iov_len = 1;
+			}
+		}
+		/* Loop over short writes. */
+		k = 0;
+		while (k < cnt) {
+			w = writev(r->out_fd, iov + k, (int)(cnt - k));
+			if (w < 0) {
+				if (errno == EINTR)
+					continue;
+				e = errno;
+				break;
+			}
+			while (k < cnt && (size_t)w >= iov[k].iov_len)
+				w -= (ssize_t)iov[k++].iov_len;
+			if (k < cnt) {
+				iov[k].iov_base =
+					(uint8_t *)iov[k].iov_base + w;
+				iov[k].iov_len -= (size_t)w;
+			}
+		}
+	}
+	if (!e && r->o.sink == SINK_OUTPUT && fdatasync(r->out_fd) < 0)
+		e = errno;
+	pthread_mutex_unlock(&r->out_mu);
+	if (e)
+		return sluice_error_new(sluice_classify_errno(e), -e,
+					"writing output: %s",
+					sluice_strerror(-e));
+	return NULL;
+}
+
+static struct sluice_error *
+run_exec(struct run *r, struct sluice_ctx *ctx,
+	 const struct sluice_msg *const *msgs, size_t n)
+{
+	char e_deadline[48], e_attempt[32], e_id[96], e_size[40];
+	const char *env[5];
+	struct sluice_bytes one, *in = &one;
+	uint8_t *framed = NULL;
+	struct sluice_error *err;
+	int64_t left = sluice_ctx_remaining_ns(ctx);
+	size_t idlen, i, total = 0, off = 0;
+	const char *id = sluice_msg_id(msgs[0], &idlen);
+
+	snprintf(e_deadline, sizeof(e_deadline), "SLUICE_DEADLINE_MS=%lld",
+		 left == INT64_MAX ? 0LL
+				   : (long long)(left / SLUICE_NS_PER_MS));
+	snprintf(e_attempt, sizeof(e_attempt), "SLUICE_ATTEMPT=%u",
+		 sluice_msg_attempts(msgs[0]));
+	snprintf(e_id, sizeof(e_id), "SLUICE_MSG_ID=%.*s", (int)idlen, id);
+	snprintf(e_size, sizeof(e_size), "SLUICE_BATCH_SIZE=%zu", n);
+	env[0] = e_deadline;
+	env[1] = e_attempt;
+	env[2] = e_id;
+	env[3] = r->o.batch ? e_size : NULL;
+	env[4] = NULL;
+	if (r->o.batch) {
+		/* The batch goes to one child, framed as the input was. */
+		for (i = 0; i < n; i++)
+			total += msgs[i]->body_len + 4;
+		framed = malloc(total ? total : 1);
+		if (!framed)
+			return sluice_error_new(SLUICE_CLASS_TEMPORARY,
+						SLUICE_ENOMEM, "out of memory");
+		for (i = 0; i < n; i++) {
+			int64_t len = sluice_frame_encode(
+				r->o.framing, msgs[i]->body, msgs[i]->body_len,
+				framed + off, total - off);
+
+			if (len < 0) {
+				free(framed);
+				return sluice_error_new(
+					SLUICE_CLASS_PERMANENT, (int)len,
+					"message cannot be framed as %s",
+					sluice_framing_name(r->o.framing));
+			}
+			off += (size_t)len;
+		}
+		one.ptr = framed;
+		one.len = off;
+	} else {
+		one.ptr = msgs[0]->body;
+		one.len = msgs[0]->body_len;
+	}
+	err = sluice_exec_run(&r->exec, ctx, in, 1, env, NULL);
+	free(framed);
+	return err;
+}
+
+static struct sluice_error *
+handle_batch(void *ud, struct sluice_ctx *ctx,
+	     const struct sluice_msg *const *msgs, size_t n,
+	     struct sluice_error **errs)
+{
+	struct run *r = ud;
+	int64_t t0 = now_ns();
+	struct sluice_error *err = NULL;
+
+	(void)errs;
+	switch (r->o.sink) {
+	case SINK_DISCARD:
+		break;
+	case SINK_STDOUT:
+	case SINK_OUTPUT:
+		err = write_framed(r, msgs, n);
+		break;
+	case SINK_EXEC:
+		err = run_exec(r, ctx, msgs, n);
+		break;
+	}
+	cli_hist_add(&r->hist, now_ns() - t0);
+	return err;
+}
+
+static struct sluice_error *
+handle_one(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
+{
+	struct run *r = ud;
+	int64_t t0;
+	struct sluice_error *err;
+
+	if (r->o.sink == SINK_DISCARD) /* no clock on the benchmark path */
+		return NULL;
+	t0 = now_ns();
+	err = r->o.sink == SINK_EXEC ? run_exec(r, ctx, &m, 1)
+				     : write_framed(r, &m, 1);
+	cli_hist_add(&r->hist, now_ns() - t0);
+	return err;
+}
+
+/* ---- dead letters ---------------------------------------------------------
+ */
+
+/* Without --dead-letter, records go to stderr as JSON lines. */
+static int
+stderr_write(void *self, const char *source, const struct sluice_msg *msg,
+	     const struct sluice_error *why)
+{
+	struct run *r = self;
+	char small[1024], *buf = small;
+	int64_t need;
+	struct timespec ts;
+	ssize_t w;
+	int rc = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	need = sluice_dlq_format(small, sizeof(small),
+				 (int64_t)ts.tv_sec * SLUICE_NS_PER_S +
+					 ts.tv_nsec,
+				 source, msg, why);
+	if (need < 0)
+		return (int)need;
+	if ((size_t)need >= sizeof(small)) {
+		buf = malloc((size_t)need + 1);
+		if (!buf)
+			return SLUICE_ENOMEM;
+		(void)sluice_dlq_format(buf, (size_t)need + 1,
+					(int64_t)ts.tv_sec * SLUICE_NS_PER_S +
+						ts.tv_nsec,
+					source, msg, why);
+	}
+	pthread_mutex_lock(&r->err_mu);
+	w = write(2, buf, (size_t)need);
+	if (w != need)
+		rc = SLUICE_EIO;
+	pthread_mutex_unlock(&r->err_mu);
+	if (buf != small)
+		free(buf);
+	return rc;
+}
+
+static const struct sluice_dlq_ops stderr_dlq_ops = { "stderr", stderr_write,
+						      NULL };
+
+/* ---- signal and progress threads ----------------------------------------- */
+
+static void *
+signal_main(void *arg)
+{
+	struct run *r = arg;
+	struct timespec tick = { 0, 100 * 1000 * 1000 };
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	while (!atomic_load(&r->done)) {
+		sig = sigtimedwait(&set, NULL, &tick);
+		if (sig < 0)
+			continue;
+		if (atomic_fetch_add(&r->signals, 1) == 0) {
+			if (!r->o.quiet) {
+				pthread_mutex_lock(&r->err_mu);
+				fprintf(stderr,
+					"\r\033[Ksluice: %s: draining (again "
+					"to stop now)\n",
+					sigabbrev_np(sig));
+				pthread_mutex_unlock(&r->err_mu);
+			}
+			sluice_stream_stop(r->stream);
+			sluice_engine_stop(r->e, SLUICE_STOP_DRAIN);
+		} else {
+			sluice_engine_stop(r->e, SLUICE_STOP_NOW);
+		}
+	}
+	return NULL;
+}
+
+static void
+progress_line(struct run *r, char *buf, size_t size)
+{
+	struct sluice_engine_stats st;
+	struct sluice_stream_stats ss;
+	double secs = (double)(now_ns() - r->t0) / 1e9;
+
+	sluice_engine_stats(r->e, &st);
+	sluice_stream_stats(r->stream, &ss);
+	snprintf(buf, size,
+		 "read %llu  running %llu  ok %llu  retried %llu  "
+		 "dead %llu  %.0f msg/s  %.1fs",
+		 (unsigned long long)ss.messages,
+		 (unsigned long long)st.running, (unsigned long long)st.handled,
+		 (unsigned long long)st.requeued,
+		 (unsigned long long)st.dead_lettered,
+		 secs > 0 ? (double)st.handled / secs : 0.0, secs);
+}
+
+static void *
+progress_main(void *arg)
+{
+	struct run *r = arg;
+	struct timespec tick = { 0, 250 * 1000 * 1000 };
+	char line[256];
+
+	while (!atomic_load(&r->done)) {
+		nanosleep(&tick, NULL); /* a display refresh, not a sync */
+		progress_line(r, line, sizeof(line));
+		pthread_mutex_lock(&r->err_mu);
+		fprintf(stderr, "\r\033[K%s", line);
+		fflush(stderr);
+		pthread_mutex_unlock(&r->err_mu);
+	}
+	pthread_mutex_lock(&r->err_mu);
+	fprintf(stderr, "\r\033[K");
+	pthread_mutex_unlock(&r->err_mu);
+	return NULL;
+}
+
+/* ---- the run --------------------------------------------------------------
+ */
+
+/* After the engine stopped: record what was read but not finished. */
+static uint64_t
+dead_letter_unfinished(struct run *r, uint64_t *failed)
+{
+	struct sluice_source src = sluice_stream_source(r->stream);
+	struct sluice_msg *msgs[64];
+	struct sluice_error *why;
+	uint64_t n = 0;
+	int got, i;
+
+	why = sluice_error_new(SLUICE_CLASS_CANCELED, SLUICE_CODE_DRAIN,
+			       "not finished when sluice stopped");
+	while ((got = sluice_stream_take_unfinished(r->stream, msgs, 64)) > 0) {
+		for (i = 0; i < got; i++) {
+			if (r->dlq.ops->write(r->dlq.self, src.ops->name,
+					      msgs[i], why) == 0)
+				n++;
+			else
+				(*failed)++;
+		}
+		(void)src.ops->ack(src.self, msgs, (size_t)got);
+		src.ops->release(src.self, msgs, (size_t)got);
+	}
+	sluice_error_free(why);
+	return n;
+}
+
+static void
+summary(struct run *r, uint64_t unfinished, const char *input_err)
+{
+	struct sluice_engine_stats st;
+	struct sluice_stream_stats ss;
+	char p50[32], p99[32];
+	double secs = (double)(now_ns() - r->t0) / 1e9;
+	uint64_t dead;
+
+	sluice_engine_stats(r->e, &st);
+	sluice_stream_stats(r->stream, &ss);
+	dead = st.dead_lettered + unfinished;
+	cli_format_duration(cli_hist_quantile(&r->hist, 0.50), p50,
+			    sizeof(p50));
+	cli_format_duration(cli_hist_quantile(&r->hist, 0.99), p99,
+			    sizeof(p99));
+	fprintf(stderr,
+		"sluice: %llu messages in %.2f s (%.0f msg/s): %llu ok, "
+		"%llu dead-lettered%s%s\n",
+		(unsigned long long)ss.messages, secs,
+		secs > 0 ? (double)ss.messages / secs : 0.0,
+		(unsigned long long)st.handled, (unsigned long long)dead,
+		dead ? " to " : "",
+		dead ? (r->o.dead_letter ? r->o.dead_letter : "stderr") : "");
+	fprintf(stderr,
+		"        retries %llu, timeouts %llu, unfinished %llu; "
+		"handler p50 %s, p99 %s\n",
+		(unsigned long long)st.requeued,
+		(unsigned long long)st.timeouts, (unsigned long long)unfinished,
+		r->hist.count ? p50 : "-", r->hist.count ? p99 : "-");
+	if (input_err)
+		fprintf(stderr, "sluice: input stopped: %s\n", input_err);
+}
+
+static int
+setup_sinks(struct run *r)
+{
+	char err[160];
+
+	r->out_fd = 1;
+	if (r->o.sink == SINK_OUTPUT) {
+		r->out_fd =
+			open(r->o.output,
+			     O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		if (r->out_fd < 0) {
+			fprintf(stderr, "sluice consume: %s: %s\n", r->o.output,
+				sluice_strerror(-errno));
+			return EXIT_CANTCREAT;
+		}
+	}
+	sluice_exec_config_init(&r->exec);
+	r->exec.command = r->o.exec;
+	r->exec.kill_grace_ns = r->o.kill_grace_ns;
+	r->exec.stdout_fd = 1; /* a command's output is the tool's output */
+	if (r->o.exit_codes && sluice_exec_parse_map(&r->exec, r->o.exit_codes,
+						     err, sizeof(err))) {
+		fprintf(stderr, "sluice consume: --exit-codes: %s\n", err);
+		return EXIT_USAGE;
+	}
+	if (r->o.dead_letter) {
+		int rc = sluice_dlq_file_open(r->o.dead_letter, true, &r->dlq);
+
+		if (rc) {
+			fprintf(stderr, "sluice consume: %s: %s\n",
+				r->o.dead_letter, sluice_strerror(rc));
+			return EXIT_CANTCREAT;
+		}
+	} else {
+		r->dlq.ops = &stderr_dlq_ops;
+		r->dlq.self = r;
+	}
+	return 0;
+}
+
+static int
+parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
+{
+	int c, rc, nargc = 0;
+	char **args = with_env(argc, argv, &nargc);
+
+	if (!args) {
+		fprintf(stderr, "sluice consume: out of memory\n");
+		return EXIT_SOFTWARE;
+	}
+	optind = 1;
+	while ((c = getopt_long(nargc, args, "+j:n:qh", longopts, NULL)) !=
+	       -1) {
+		if (c == 'h') {
+			fputs(usage_text, stdout);
+			return -1;
+		}
+		rc = apply(o, c);
+		if (rc)
+			return rc;
+	}
+	*files = args + optind;
+	*nfiles = nargc - optind;
+	if (o->sink == SINK_EXEC && (!o->exec || !*o->exec))
+		return usage_error("%s", "--exec needs a command");
+	if (o->exit_codes && o->sink != SINK_EXEC)
+		return usage_error("%s", "--exit-codes only applies to --exec");
+	if (o->batch_bytes && !o->batch)
+		return usage_error("%s", "--batch-bytes needs --batch N");
+	return 0;
+}
+
+static int
+run_engine(struct run *r)
+{
+	struct sluice_engine_config cfg;
+	struct sluice_handler h = { NULL, NULL };
+	struct sluice_batch_handler bh = { NULL, NULL };
+	int rc;
+
+	sluice_engine_config_init(&cfg);
+	cfg.workers = r->o.workers;
+	cfg.prefetch = r->o.prefetch;
+	cfg.timeout_ns = r->o.timeout_ns;
+	cfg.drain_timeout_ns = r->o.drain_ns;
+	cfg.retry.min_ns = r->o.backoff_min_ns;
+	cfg.retry.max_ns = r->o.backoff_max_ns;
+	cfg.retry.max_attempts = (uint32_t)r->o.max_attempts;
+	if (r->o.batch) {
+		cfg.mode = SLUICE_MODE_BATCH;
+		cfg.batch_max = r->o.batch;
+		cfg.batch_max_bytes = r->o.batch_bytes;
+		cfg.batch_wait_ns = r->o.batch_wait_ns;
+		bh.fn = handle_batch;
+		bh.ud = r;
+	} else {
+		h.fn = handle_one;
+		h.ud = r;
+	}
+	rc = sluice_engine_new(&cfg, sluice_stream_source(r->stream), h, bh,
+			       &r->dlq, &r->e);
+	if (rc) {
+		fprintf(stderr, "sluice consume: bad configuration: %s\n",
+			sluice_strerror(rc));
+		return EXIT_USAGE;
+	}
+	return 0;
+}
+
+int
+cli_consume(int argc, char **argv)
+{
+	static struct run r; /* large (histogram); one run per process */
+	struct sluice_stream_config sc;
+	pthread_t sig_t, prog_t;
+	bool progress;
+	char **files, err[256] = "";
+	int nfiles, rc, input_rc;
+	uint64_t unfinished, lost = 0;
+	sigset_t set;
+
+	defaults(&r.o);
+	rc = parse(argc, argv, &r.o, &files, &nfiles);
+	if (rc)
+		return rc < 0 ? EXIT_OK : rc;
+	pthread_mutex_init(&r.out_mu, NULL);
+	pthread_mutex_init(&r.err_mu, NULL);
+	rc = setup_sinks(&r);
+	if (rc)
+		return rc;
+
+	/* Signals go to the signal thread only: block them before any
+	 * thread starts, so every thread inherits the mask. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	{
+		struct sigaction sa;
+
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = SIG_IGN; /* a closed stdout is an EPIPE error */
+		sigaction(SIGPIPE, &sa, NULL);
+	}
+	(void)sluice_exec_become_subreaper();
+
+	sluice_stream_config_init(&sc);
+	sc.paths = (const char *const *)files;
+	sc.npaths = (size_t)nfiles;
+	sc.framing = r.o.framing;
+	sc.max_body = r.o.max_body;
+	sc.capacity = r.o.capacity;
+	sc.limit = r.o.count;
+	rc = sluice_stream_open(&sc, err, sizeof(err), &r.stream);
+	if (rc) {
+		fprintf(stderr, "sluice consume: %s\n",
+			*err ? err : sluice_strerror(rc));
+		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
+	}
+	rc = run_engine(&r);
+	if (rc)
+		return rc;
+	r.t0 = now_ns();
+	if (sluice_engine_start(r.e) != 0) {
+		fprintf(stderr, "sluice consume: cannot start workers\n");
+		return EXIT_SOFTWARE;
+	}
+	pthread_create(&sig_t, NULL, signal_main, &r);
+	progress = !r.o.quiet && isatty(2);
+	if (progress)
+		pthread_create(&prog_t, NULL, progress_main, &r);
+
+	(void)sluice_engine_wait(r.e, SLUICE_FOREVER);
+	input_rc = sluice_stream_finish(r.stream, err, sizeof(err));
+	unfinished = dead_letter_unfinished(&r, &lost);
+	atomic_store(&r.done, true);
+	if (progress)
+		pthread_join(prog_t, NULL);
+	pthread_join(sig_t, NULL);
+	if (!r.o.quiet)
+		summary(&r, unfinished, input_rc ? err : NULL);
+	else if (input_rc)
+		fprintf(stderr, "sluice consume: %s\n", err);
+	{
+		struct sluice_engine_stats st;
+
+		sluice_engine_stats(r.e, &st);
+		rc = input_rc ? EXIT_INPUT
+		     : (st.dead_lettered || unfinished || lost || st.dlq_failed)
+			     ? EXIT_DEAD
+			     : EXIT_OK;
+	}
+	sluice_engine_free(r.e);
+	sluice_stream_free(r.stream);
+	sluice_dlq_close(&r.dlq);
+	if (r.out_fd > 2)
+		close(r.out_fd);
+	return rc;
+}
