@@ -32,15 +32,15 @@
 
 #include <sluice/sluice.h>
 
-#define MESSAGES	     4000
-#define WORKERS		     8
-#define BATCH_WORKERS	     2
-#define BATCH_MAX	     100
-#define DOWNSTREAM_SLOTS     8
-#define CALL_NS		     SLUICE_NS_PER_MS
+#define MESSAGES              4000
+#define WORKERS               8
+#define BATCH_WORKERS         2
+#define BATCH_MAX             100
+#define DOWNSTREAM_SLOTS      8
+#define CALL_NS               SLUICE_NS_PER_MS
 #define AVALANCHE_MAX_THREADS 2000
-#define AVALANCHE_MAX_NS     (200 * SLUICE_NS_PER_MS)
-#define AVALANCHE_STACK	     (64 * 1024)
+#define AVALANCHE_MAX_NS      (200 * SLUICE_NS_PER_MS)
+#define AVALANCHE_STACK       (64 * 1024)
 
 static sem_t downstream; /* DOWNSTREAM_SLOTS calls at a time */
 static atomic_int running, max_running;
@@ -250,7 +250,7 @@ run_avalanche(void)
 	       "after %lld ms, for %zu messages (stopped by %s); the engine "
 	       "needed %d\n",
 	       peak, (long long)(elapsed / SLUICE_NS_PER_MS), n,
-	       err ? "pthread_create failing"
+	       err                          ? "pthread_create failing"
 	       : n == AVALANCHE_MAX_THREADS ? "the thread cap"
 					    : "the time cap",
 	       WORKERS);

@@ -104,8 +104,7 @@ wait_call(struct sluice_ctx *ctx, const char *who, int64_t delay_ns)
 		       (long long)((now_ns() - t0) / MS));
 	else
 		printf("%s ctx: %s after %lld ms (%s: %s)\n", who,
-		       r == SLUICE_ETIMEDOUT ? "deadline exceeded"
-					     : "canceled",
+		       r == SLUICE_ETIMEDOUT ? "deadline exceeded" : "canceled",
 		       (long long)((now_ns() - t0) / MS), sluice_err_name(r),
 		       sluice_strerror(r));
 	call_finish(&c);
@@ -122,8 +121,8 @@ handle(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
 	int r;
 
 	(void)ud;
-	snprintf(who, sizeof(who), "  handler, attempt %u:",
-		 sluice_msg_attempts(m));
+	snprintf(who, sizeof(who),
+		 "  handler, attempt %u:", sluice_msg_attempts(m));
 	r = wait_call(ctx, who, delay);
 	if (r == 0)
 		return NULL;
@@ -148,13 +147,13 @@ run_engine(void)
 		return -1;
 	sluice_engine_config_init(&cfg);
 	cfg.workers = 1;
-	cfg.timeout_ns = 300 * MS;   /* the per-message deadline */
-	cfg.retry.min_ns = 10 * MS;  /* retry soon */
+	cfg.timeout_ns = 300 * MS;  /* the per-message deadline */
+	cfg.retry.min_ns = 10 * MS; /* retry soon */
 	cfg.retry.max_ns = 20 * MS;
 	if (sluice_engine_new(&cfg, sluice_queue_source(q),
 			      (struct sluice_handler){ handle, NULL },
-			      (struct sluice_batch_handler){ NULL, NULL },
-			      NULL, &e) != 0) {
+			      (struct sluice_batch_handler){ NULL, NULL }, NULL,
+			      &e) != 0) {
 		sluice_queue_free(q);
 		return -1;
 	}
@@ -168,8 +167,7 @@ run_engine(void)
 	printf("  engine: delivered %llu, timeouts %llu, requeued %llu, "
 	       "handled %llu\n",
 	       (unsigned long long)st.delivered,
-	       (unsigned long long)st.timeouts,
-	       (unsigned long long)st.requeued,
+	       (unsigned long long)st.timeouts, (unsigned long long)st.requeued,
 	       (unsigned long long)st.handled);
 	sluice_engine_free(e);
 	sluice_queue_free(q);

@@ -12,10 +12,12 @@
 #include <sluice/dlq.h>
 #include <sluice/engine.h>
 #include <sluice/error.h>
+#include <sluice/framing.h>
 #include <sluice/handler.h>
 #include <sluice/map.h>
 #include <sluice/msg.h>
 #include <sluice/queue.h>
+#include <sluice/stream.h>
 #include <sluice/version.h>
 
 #endif /* SLUICE_SLUICE_H */

@@ -137,7 +137,8 @@ struct sluice_engine {
 	pthread_cond_t idle_cv;  /* parked workers; see park() */
 	bool leader;             /* a worker is blocked in the source */
 	unsigned parked;
-	unsigned idle_kicks; /* bumped to release parked workers */
+	_Atomic unsigned nparked; /* copy of parked for lock-free looks */
+	unsigned idle_kicks;      /* bumped to release parked workers */
 	_Atomic bool source_closed;
 
 	pthread_mutex_t mu; /* guards the fields below */
@@ -680,10 +681,10 @@ park(struct worker *w)
 	} else if (is_running(e) && !atomic_load(&e->source_closed)) {
 		unsigned kick = e->idle_kicks;
 
-		e->parked++;
+		atomic_store(&e->nparked, ++e->parked);
 		while (e->idle_kicks == kick)
 			pthread_cond_wait(&e->idle_cv, &e->idle_mu);
-		e->parked--;
+		atomic_store(&e->nparked, --e->parked);
 	}
 	pthread_mutex_unlock(&e->idle_mu);
 	return parked;
@@ -696,6 +697,17 @@ unlead(struct sluice_engine *e)
 {
 	pthread_mutex_lock(&e->idle_mu);
 	e->leader = false;
+	if (e->parked) {
+		e->idle_kicks++;
+		pthread_cond_signal(&e->idle_cv);
+	}
+	pthread_mutex_unlock(&e->idle_mu);
+}
+
+static void
+wake_one_parked(struct sluice_engine *e)
+{
+	pthread_mutex_lock(&e->idle_mu);
 	if (e->parked) {
 		e->idle_kicks++;
 		pthread_cond_signal(&e->idle_cv);
@@ -730,6 +742,12 @@ fetch_or_wait(struct worker *w, struct sluice_msg **into, size_t *credit,
 
 	atomic_store_explicit(&w->fetching, *credit, memory_order_relaxed);
 	got = e->src.ops->fetch(e->src.self, into, *credit, 0);
+	if (got > 0 && atomic_load(&e->nparked)) {
+		/* There was work and workers are parked: wake one to look
+		 * too.  Each one that finds work wakes the next, so a burst
+		 * puts every worker to use; one that finds none parks again. */
+		wake_one_parked(e);
+	}
 	if (got == 0) {
 		atomic_fetch_add(&e->idle_fetchers, 1);
 		credit_give(e, *credit - 1);

@@ -63,8 +63,6 @@
 
 #include "util/alloc.h"
 
-extern char **environ;
-
 #define DEFAULT_GRACE_NS   (2 * SLUICE_NS_PER_S)
 #define DEFAULT_CAPTURE    ((size_t)64 * 1024)
 #define VIRTUAL_SLICE_MS   10 /* re-check a virtual deadline this often */
@@ -106,6 +104,7 @@ struct run {
 	bool pid_ready;  /* the pidfd said the leader exited */
 	bool exited;     /* the leader's status is in wait_status */
 	int wait_status;
+	int sys_err; /* -errno when the loop itself failed (poll) */
 };
 
 /* ---- configuration ------------------------------------------------------ */
@@ -593,10 +592,10 @@ spawn(struct run *r, char **envp)
 	if (!err)
 		err = -posix_spawnattr_setpgroup(&attr, 0);
 	if (!err)
-		err = -posix_spawnattr_setflags(
-			&attr, (short)(POSIX_SPAWN_SETPGROUP |
-				       POSIX_SPAWN_SETSIGMASK |
-				       POSIX_SPAWN_SETSIGDEF));
+		err = -posix_spawnattr_setflags(&attr,
+						(short)(POSIX_SPAWN_SETPGROUP |
+							POSIX_SPAWN_SETSIGMASK |
+							POSIX_SPAWN_SETSIGDEF));
 	if (!err)
 		err = -posix_spawn(&r->pid, "/bin/sh", &fa, &attr, argv, envp);
 	posix_spawnattr_destroy(&attr);
@@ -653,7 +652,7 @@ feed(struct run *r)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno == EAGAIN || errno == EWOULDBLOCK)
+			if (errno == EAGAIN)
 				return;
 			/* EPIPE: the child stopped reading, which is its
 			 * right; anything else: give up on its stdin too. */
@@ -682,7 +681,7 @@ drain(int *fd, struct cap *c, struct tail *t, unsigned max_reads)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
-			if (errno != EAGAIN && errno != EWOULDBLOCK)
+			if (errno != EAGAIN)
 				close_fd(fd);
 			return;
 		}
@@ -728,7 +727,7 @@ check_signals(struct run *r)
 		}
 		return;
 	}
-	if (!r->ctx)
+	if (!r->ctx || r->kill_sent)
 		return;
 	why = sluice_ctx_reason(r->ctx);
 	if (why != SLUICE_CANCEL_NONE)
@@ -764,8 +763,8 @@ poll_timeout(const struct run *r)
 
 	if (r->reason != SLUICE_CANCEL_NONE) {
 		if (!r->kill_sent)
-			ms = ns_to_ms(r->term_at + r->cfg->kill_grace_ns -
-				      real_now());
+			ms = ns_to_ms(r->cfg->kill_grace_ns -
+				      (real_now() - r->term_at));
 	} else if (r->ctx) {
 		int64_t rem = sluice_ctx_remaining_ns(r->ctx);
 
@@ -815,9 +814,11 @@ pump(struct run *r)
 	bool lost = false;
 
 	for (;;) {
-		check_signals(r);
+		/* Exit first: a child that is already gone is not "killed",
+		 * even if the context ended at the same moment. */
 		if ((r->pid_ready || r->pid_fd < 0) && leader_gone(r, &lost))
 			return !lost;
+		check_signals(r);
 		np = 0;
 		iin = iout = ierr = ictx = ipid = -1;
 		if (r->in_fd >= 0) {
@@ -844,9 +845,9 @@ pump(struct run *r)
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
+			if (!r->sys_err)
+				r->sys_err = -errno;
 			if (!r->kill_sent) {
-				if (r->reason == SLUICE_CANCEL_NONE)
-					r->reason = SLUICE_CANCEL_SHUTDOWN;
 				kill(-r->pid, SIGKILL);
 				r->kill_sent = true;
 			}
@@ -884,10 +885,9 @@ finish(struct run *r, bool have_status)
 	unsigned reads;
 	pid_t w;
 
-	if (kill(-r->pid, SIGKILL) != 0 && errno != ESRCH) {
-		/* EPERM from a member that changed credentials: nothing
-		 * more can be done about it here. */
-	}
+	/* ESRCH (nobody left) and EPERM (a member changed credentials)
+	 * leave nothing more to do. */
+	(void)kill(-r->pid, SIGKILL);
 	/* Whatever the leader wrote is in the pipe now; bound the reads by
 	 * the pipe's size, in case a member that escaped the group keeps
 	 * writing forever. */
@@ -919,7 +919,7 @@ static enum sluice_class
 map_exit(const struct sluice_exec_config *cfg, int status)
 {
 	size_t i, n = cfg->nmap < SLUICE_EXEC_MAP_MAX ? cfg->nmap
-						       : SLUICE_EXEC_MAP_MAX;
+						      : SLUICE_EXEC_MAP_MAX;
 	enum sluice_class cls;
 
 	/* The last entry for a code wins, like a later option. */
@@ -960,6 +960,11 @@ verdict(const struct run *r)
 			SLUICE_CLASS_TEMPORARY, -ECHILD,
 			"command's exit status was lost (is SIGCHLD ignored?)%s%s",
 			sep, line);
+	if (r->sys_err)
+		return sluice_error_new(
+			SLUICE_CLASS_TEMPORARY, r->sys_err,
+			"command killed: waiting for it failed (%s)%s%s",
+			sluice_strerror(r->sys_err), sep, line);
 	/* Exiting with an ok status despite the signal: it finished its
 	 * work (say, a graceful SIGTERM handler), so that is what counts. */
 	if (r->reason != SLUICE_CANCEL_NONE &&
@@ -1039,6 +1044,7 @@ sluice_exec_run(const struct sluice_exec_config *cfg, struct sluice_ctx *ctx,
 	bool pipe_pending, have_status;
 	struct timespec zero = { 0, 0 };
 	enum sluice_cancel_reason why;
+	bool started = false;
 	int64_t t0 = 0;
 	struct run r;
 	char **envp;
@@ -1105,6 +1111,7 @@ sluice_exec_run(const struct sluice_exec_config *cfg, struct sluice_ctx *ctx,
 				       sluice_strerror(err));
 		goto out_mask;
 	}
+	started = true;
 	r.pid_fd = open_pidfd(r.pid);
 	feed(&r);
 	have_status = pump(&r);
@@ -1122,7 +1129,7 @@ out_mask:
 	}
 	pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
 out_result:
-	hand_over(&r, res, t0 ? sluice_clock_now_ns(clock) - t0 : 0);
+	hand_over(&r, res, started ? sluice_clock_now_ns(clock) - t0 : 0);
 	return ret;
 out_caps:
 	sl_free(r.out.buf);

@@ -708,6 +708,63 @@ test_follower_is_stolen_from_behind_a_hang(void)
 	rig_free(&r);
 }
 
+/* ---- a burst that arrives after start puts every worker to use ---------- */
+
+struct barrier_state {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	int inside, want; /* guarded by mu */
+};
+
+/* Each handler waits until @want handlers are inside at once: it only
+ * completes if the engine really runs that many concurrently. */
+static struct sluice_error *
+barrier_handler(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
+{
+	struct barrier_state *b = ud;
+	struct timespec ts;
+
+	(void)ctx;
+	(void)m;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 30; /* a guard against a hang, not a synchronisation */
+	pthread_mutex_lock(&b->mu);
+	b->inside++;
+	pthread_cond_broadcast(&b->cv);
+	while (b->inside < b->want) {
+		if (pthread_cond_timedwait(&b->cv, &b->mu, &ts) != 0) {
+			pthread_mutex_unlock(&b->mu);
+			CHECK_FAIL("not every worker was put to use");
+		}
+	}
+	pthread_mutex_unlock(&b->mu);
+	return NULL;
+}
+
+static void
+test_burst_after_start_uses_every_worker(void)
+{
+	struct barrier_state b;
+	struct sluice_handler h = { barrier_handler, &b };
+	struct sluice_engine_stats st;
+	struct rig r;
+
+	pthread_mutex_init(&b.mu, NULL);
+	pthread_cond_init(&b.cv, NULL);
+	b.inside = 0;
+	b.want = 8;
+	rig_init(&r, 64);
+	r.cfg.workers = 8;
+	r.cfg.prefetch = 0; /* one message per worker: 8 need 8 workers */
+	rig_start(&r, h, (struct sluice_batch_handler){ NULL, NULL }, NULL);
+	rig_publish(&r, 0, 8); /* all workers are idle (parked) by now */
+	sluice_queue_close(r.q);
+	CHECK_OK(sluice_engine_wait(r.e, SLUICE_FOREVER));
+	rig_accounting(&r, &st);
+	CHECK_EQ(st.handled, 8);
+	rig_free(&r);
+}
+
 /* ---- duplicate deliveries, de-duplicated -------------------------------- */
 
 #define N_DUP 300
@@ -836,4 +893,5 @@ CHECK_MAIN(test_all_handled_once, test_bounded_under_overload,
 	   test_poison_and_hang_cost_one_slot,
 	   test_expired_while_waiting_not_started,
 	   test_follower_is_stolen_from_behind_a_hang,
+	   test_burst_after_start_uses_every_worker,
 	   test_duplicates_run_once_with_dedup, test_bad_config_is_rejected)
