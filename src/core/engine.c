@@ -742,10 +742,11 @@ fetch_or_wait(struct worker *w, struct sluice_msg **into, size_t *credit,
 
 	atomic_store_explicit(&w->fetching, *credit, memory_order_relaxed);
 	got = e->src.ops->fetch(e->src.self, into, *credit, 0);
-	if (got > 0 && atomic_load(&e->nparked)) {
-		/* There was work and workers are parked: wake one to look
-		 * too.  Each one that finds work wakes the next, so a burst
-		 * puts every worker to use; one that finds none parks again. */
+	if ((size_t)got == *credit && atomic_load(&e->nparked)) {
+		/* It took all it asked for, so more may be waiting, and
+		 * workers are parked: wake one to look too.  Each one that
+		 * finds work wakes the next, so a burst puts every worker to
+		 * use; one that finds none parks again. */
 		wake_one_parked(e);
 	}
 	if (got == 0) {
