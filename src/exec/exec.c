@@ -20,16 +20,29 @@
  * waitid(WNOWAIT)); then the whole group gets SIGKILL so no descendant
  * outlives the run; then the leader is reaped, and then every process of
  * the group that is our child (orphans re-parented to us when the process
- * is a subreaper) is reaped with a blocking waitpid(-pgid): each of them
- * has SIGKILL pending, so the wait is short, and it never touches another
- * run's children.  waitpid(-1) is never called.  A descendant that left
+ * is a subreaper) is reaped with waitpid(-pgid), which never touches
+ * another run's children; waitpid(-1) is never called.  Those members all
+ * have SIGKILL pending, so they die at once; one that does not (a setuid
+ * program we may not signal, a process stuck in the kernel) is waited for
+ * at most REAP_MAX_NS, so a run cannot hang on it.  A descendant that left
  * the group (setsid) is out of reach: it is neither killed nor reaped here.
+ * When the leader's status was lost (reaped behind our back) its id is no
+ * longer pinned, so the group is not signalled at all.
  *
  * SIGPIPE.  Writing to a child that stopped reading raises SIGPIPE, which
  * by default kills the whole process.  SIGPIPE is blocked in the calling
  * thread for the run; the one a failed write raised is consumed with
  * sigtimedwait() before the old mask comes back, unless one was already
  * pending (that one is not ours to take).
+ *
+ * Classification (exec.h): a run we signalled because the context ended is
+ * TIMEOUT (deadline) or CANCELED (shutdown, caller), unless the command
+ * still exited with a status that maps to ok: then it finished its work
+ * and that is the result.  Otherwise cfg->map (the last entry for a code
+ * wins), then the defaults of sluice_classify_exit() with other_exit.  The
+ * message quotes the last line of stderr from a small tail kept apart from
+ * the capture, so it is the real last line even when capture_max cut the
+ * stream short.
  *
  * Threads.  No state is shared between runs: any number may run at once
  * from any threads.  The child's environment is built from environ without
@@ -54,6 +67,7 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sluice/clock.h>
@@ -71,6 +85,7 @@
 #define TAIL_MAX           256 /* stderr bytes kept for the error message */
 #define LINE_MAX_BYTES     160 /* of which at most this much is quoted */
 #define FIRST_CAPTURE_SIZE 256
+#define REAP_MAX_NS        SLUICE_NS_PER_S /* wait for killed members */
 
 /* A capture buffer: the first @max bytes of a stream, NUL-terminated. */
 struct cap {
@@ -363,7 +378,7 @@ cap_add(struct cap *c, const char *data, size_t n)
 						     : c->size;
 		while (nsize < want)
 			nsize = nsize > SIZE_MAX / 2 ? SIZE_MAX : nsize * 2;
-		if (nsize > c->max + 1)
+		if (c->max < SIZE_MAX && nsize > c->max + 1)
 			nsize = c->max + 1;
 		nb = sl_realloc(c->buf, nsize);
 		if (!nb) {
@@ -878,6 +893,41 @@ pump(struct run *r)
  * its id is still pinned, collect the leader's last output, reap it, then
  * reap the group members that are our children.
  */
+/*
+ * Reap what is left of the group among our children.  Normally each has
+ * died of its SIGKILL or is about to; poll for the stragglers with a short,
+ * growing pause, and give up after REAP_MAX_NS rather than hang the run.
+ */
+static void
+reap_group(pid_t pgid)
+{
+	struct timespec pause = { 0, 50000 };
+	bool waited = false;
+	int64_t start = 0;
+	pid_t w;
+	int st;
+
+	for (;;) {
+		w = waitpid(-pgid, &st, WNOHANG);
+		if (w > 0)
+			continue;
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return; /* ECHILD: none of our children left in it */
+		}
+		if (!waited) {
+			start = real_now();
+			waited = true;
+		} else if (real_now() - start >= REAP_MAX_NS) {
+			return;
+		}
+		nanosleep(&pause, NULL);
+		if (pause.tv_nsec < 10 * SLUICE_NS_PER_MS)
+			pause.tv_nsec *= 2;
+	}
+}
+
 static void
 finish(struct run *r, bool have_status)
 {
@@ -887,7 +937,8 @@ finish(struct run *r, bool have_status)
 
 	/* ESRCH (nobody left) and EPERM (a member changed credentials)
 	 * leave nothing more to do. */
-	(void)kill(-r->pid, SIGKILL);
+	if (have_status)
+		(void)kill(-r->pid, SIGKILL);
 	/* Whatever the leader wrote is in the pipe now; bound the reads by
 	 * the pipe's size, in case a member that escaped the group keeps
 	 * writing forever. */
@@ -906,11 +957,8 @@ finish(struct run *r, bool have_status)
 			r->exited = true;
 		}
 	}
-	for (;;) {
-		w = waitpid(-r->pid, &st, 0);
-		if (w < 0 && errno != EINTR)
-			break; /* ECHILD: none of our children left in it */
-	}
+	if (have_status)
+		reap_group(r->pid);
 }
 
 /* ---- the verdict -------------------------------------------------------- */

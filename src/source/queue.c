@@ -150,6 +150,7 @@ struct sluice_queue {
 	uint32_t ndelayed, nleased, npending, nstale;
 	uint32_t fetch_waiters, space_waiters, idle_waiters;
 	uint32_t fetch_hint; /* max of the latest fetch call (>= 1) */
+	bool top_moved;      /* a heap's earliest key went down */
 	uint32_t space_need; /* free slots worth waking a publisher for */
 	uint64_t wake_seq;   /* bumped by wakeup() */
 	bool wake_pending;   /* a wakeup no blocked fetch has consumed */
@@ -251,6 +252,8 @@ heap_push(struct sluice_queue *q, int h, uint32_t idx)
 
 	q->heap[h].v[i] = idx;
 	heap_up(q, h, i);
+	if (q->heap[h].v[0] == idx)
+		q->top_moved = true; /* see unlock_plan() */
 }
 
 static void
@@ -546,6 +549,14 @@ unlock_plan(struct sluice_queue *q)
 	struct wake w;
 
 	plan(q, &w);
+	if (q->top_moved) {
+		/* An earlier due time or lease end: fetchers blocked with a
+		 * later timeout (or none) must look again, or the message
+		 * would wait for an unrelated wake-up. */
+		q->top_moved = false;
+		if (q->fetch_waiters)
+			w.fetch_all = true;
+	}
 	unlock_wake(q, &w);
 }
 

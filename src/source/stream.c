@@ -49,6 +49,16 @@ struct sluice_stream {
 	char errmsg[256];
 };
 
+/* The C library's text for a system error ("No such file or directory"),
+ * which users know better than sluice's own names for the codes. */
+static const char *
+os_error(int e)
+{
+	const char *t = strerrordesc_np(e);
+
+	return t ? t : sluice_strerror(-e);
+}
+
 void
 sluice_stream_config_init(struct sluice_stream_config *cfg)
 {
@@ -205,7 +215,7 @@ read_one(struct sluice_stream *s, struct inbuf *b, int fd, const char *name)
 			if (e == EINTR || e == EAGAIN)
 				continue;
 			snprintf(s->errmsg, sizeof(s->errmsg), "%s: read: %s",
-				 name, sluice_strerror(-e));
+				 name, os_error(e));
 			s->err = -e;
 			return -e;
 		}
@@ -278,7 +288,7 @@ open_inputs(struct sluice_stream *s, char *err, size_t errsize)
 				e = errno;
 				if (err)
 					snprintf(err, errsize, "%s: %s", path,
-						 sluice_strerror(-e));
+						 os_error(e));
 				s->nfds = i;
 				return -e;
 			}

@@ -1139,6 +1139,35 @@ test_take_all_includes_delayed(void)
 	teardown(&f);
 }
 
+/*
+ * A fetch already blocked with no deadline must wake for a message that is
+ * requeued with a delay after it blocked (real clock: no advance() broadcast
+ * to hide a missed wake-up; the 10 ms delay is the workload).
+ */
+static void
+test_blocked_fetch_sees_new_delayed(void)
+{
+	struct fetch_arg a = { 0 };
+	struct sluice_msg *m[1];
+	struct fixture f;
+	pthread_t t;
+
+	setup(&f, 4, 0, false);
+	publish_str(&f, "retry me");
+	CHECK_EQ(fetch(&f, m, 1, 0), 1);
+	a.f = &f;
+	a.deadline = SLUICE_FOREVER;
+	CHECK_OK(pthread_create(&t, NULL, fetch_thread, &a));
+	wait_blocked(f.q, 1);
+	CHECK_OK(requeue(&f, m[0], 10 * SLUICE_NS_PER_MS, true));
+	release1(&f, m[0]);
+	CHECK_OK(pthread_join(t, NULL));
+	CHECK_EQ(a.rc, 1);
+	CHECK_EQ(a.m[0]->attempts, 2);
+	settle(&f, a.m[0]);
+	teardown(&f);
+}
+
 CHECK_MAIN(test_round_trip_bytes, test_explicit_ids, test_fifo_order,
 	   test_invalid_args, test_capacity_bound,
 	   test_blocked_publisher_released, test_blocked_publisher_closed,
@@ -1152,4 +1181,4 @@ CHECK_MAIN(test_round_trip_bytes, test_explicit_ids, test_fifo_order,
 	   test_wakeup_unblocks_every_fetch, test_fetch_virtual_deadline,
 	   test_wait_idle, test_stats_consistent,
 	   test_threads_every_message_acked_once,
-	   test_take_all_includes_delayed)
+	   test_take_all_includes_delayed, test_blocked_fetch_sees_new_delayed)

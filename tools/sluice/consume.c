@@ -15,6 +15,7 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -167,11 +168,18 @@ static const struct option longopts[] = {
 	{ NULL, 0, NULL, 0 },
 };
 
+static int usage_error(const char *fmt, ...)
+	__attribute__((format(printf, 1, 2)));
+
 static int
-usage_error(const char *fmt, const char *arg)
+usage_error(const char *fmt, ...)
 {
+	va_list ap;
+
 	fprintf(stderr, "sluice consume: ");
-	fprintf(stderr, fmt, arg);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
 	fprintf(stderr, "\nTry 'sluice consume --help'.\n");
 	return EXIT_USAGE;
 }
@@ -750,7 +758,9 @@ setup_sinks(struct run *r)
 
 		if (rc) {
 			fprintf(stderr, "sluice consume: %s: %s\n",
-				r->o.dead_letter, sluice_strerror(rc));
+				r->o.dead_letter,
+				rc < 0 && rc > -4096 ? strerror(-rc)
+						     : sluice_strerror(rc));
 			return EXIT_CANTCREAT;
 		}
 	} else {

@@ -36,7 +36,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "help") == 0) {
 		if (argc > 2 && strcmp(argv[2], "consume") == 0) {
-			char *v[] = { argv[2], (char *)"--help", NULL };
+			static char help[] = "--help";
+			char *v[] = { argv[2], help, NULL };
 
 			return cli_consume(2, v);
 		}
