@@ -337,7 +337,7 @@ apply(struct opts *o, int c)
  * real arguments, so a flag on the command line, parsed later, wins.
  */
 static char **
-with_env(int argc, char **argv, int *nargc)
+with_env(int argc, char **argv, int *nargc, int *nenv)
 {
 	const struct option *lo;
 	char **v, name[64], *val;
@@ -368,6 +368,7 @@ with_env(int argc, char **argv, int *nargc)
 			return NULL;
 		}
 	}
+	*nenv = (int)k - 1; /* v[1..nenv] were allocated here */
 	for (; n < (size_t)argc; n++)
 		v[k++] = argv[n];
 	*nargc = (int)k;
@@ -770,12 +771,27 @@ setup_sinks(struct run *r)
 	return 0;
 }
 
+/* The argument vector parse() built; options point into it until the end. */
+static char **args;
+static int args_nenv;
+
+static void
+free_args(void)
+{
+	int i;
+
+	for (i = 1; args && i <= args_nenv; i++)
+		free(args[i]);
+	free(args);
+	args = NULL;
+}
+
 static int
 parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 {
 	int c, rc, nargc = 0;
-	char **args = with_env(argc, argv, &nargc);
 
+	args = with_env(argc, argv, &nargc, &args_nenv);
 	if (!args) {
 		fprintf(stderr, "sluice consume: out of memory\n");
 		return EXIT_SOFTWARE;
@@ -839,12 +855,23 @@ run_engine(struct run *r)
 	return 0;
 }
 
+static int consume_main(int argc, char **argv);
+
 int
 cli_consume(int argc, char **argv)
 {
+	int rc = consume_main(argc, argv);
+
+	free_args();
+	return rc;
+}
+
+static int
+consume_main(int argc, char **argv)
+{
 	static struct run r; /* large (histogram); one run per process */
 	struct sluice_stream_config sc;
-	pthread_t sig_t, prog_t;
+	pthread_t sig_t, prog_t = 0;
 	bool progress;
 	char **files, err[256] = "";
 	int nfiles, rc, input_rc;
