@@ -183,7 +183,7 @@ run_engine(enum sluice_mode mode)
 		printf("batch, %u workers x %u: %llu msgs in %.3f s = %7.0f "
 		       "msg/s; %llu batches (max %llu), max running %d, max "
 		       "held %llu of credit %zu\n",
-		       cfg.workers, BATCH_MAX,
+		       cfg.workers, (unsigned)BATCH_MAX,
 		       (unsigned long long)atomic_load(&handled), secs,
 		       (double)atomic_load(&handled) / secs,
 		       (unsigned long long)st.batches,
