@@ -44,7 +44,7 @@ test: deps all
 bench:
 	scripts/deps.sh --bench
 	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
-	cmake --build build-release -j $(JOBS) --target bench_engine
+	cmake --build build-release -j $(JOBS) --target bench_engine sluice_cli
 	bench/run.sh build-release
 
 asan: deps

@@ -33,6 +33,12 @@
 
 enum sink { SINK_STDOUT, SINK_OUTPUT, SINK_EXEC, SINK_DISCARD };
 
+/* --prefetch not given: a quarter of -j for --exec, whose handlers are
+ * slow and should not hold messages back from idle workers; 256 for the
+ * cheap sinks, where fetching in bulk is what keeps up with the input. */
+#define PREFETCH_UNSET (SLUICE_PREFETCH_AUTO - 1)
+#define PREFETCH_BULK  256
+
 struct opts {
 	unsigned workers;
 	unsigned prefetch;
@@ -82,6 +88,7 @@ static const char usage_text[] =
 	"Processing:\n"
 	"  -j, --concurrency N   handlers running at once (default: CPUs)\n"
 	"  --prefetch N          messages fetched ahead of a free handler\n"
+	"                        (-j/4 with --exec, else 256)\n"
 	"  --batch N             batch mode: up to N messages per handler call\n"
 	"  --batch-bytes SIZE    ... or this many body bytes (e.g. 64K)\n"
 	"  --batch-wait DUR      ... or this long after the first (100ms)\n"
@@ -191,7 +198,7 @@ defaults(struct opts *o)
 
 	memset(o, 0, sizeof(*o));
 	o->workers = n > 0 ? (unsigned)n : 1;
-	o->prefetch = SLUICE_PREFETCH_AUTO;
+	o->prefetch = PREFETCH_UNSET;
 	o->batch_wait_ns = 100 * SLUICE_NS_PER_MS;
 	o->timeout_ns = 30 * SLUICE_NS_PER_S;
 	o->drain_ns = 30 * SLUICE_NS_PER_S;
@@ -603,9 +610,10 @@ signal_main(void *arg)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1); /* from main: time to go */
 	while (!atomic_load(&r->done)) {
 		sig = sigtimedwait(&set, NULL, &tick);
-		if (sig < 0)
+		if (sig < 0 || sig == SIGUSR1)
 			continue;
 		if (atomic_fetch_add(&r->signals, 1) == 0) {
 			if (!r->o.quiet) {
@@ -741,7 +749,7 @@ setup_sinks(struct run *r)
 			     O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
 		if (r->out_fd < 0) {
 			fprintf(stderr, "sluice consume: %s: %s\n", r->o.output,
-				sluice_strerror(-errno));
+				strerror(errno));
 			return EXIT_CANTCREAT;
 		}
 	}
@@ -815,6 +823,9 @@ parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 		return usage_error("%s", "--exit-codes only applies to --exec");
 	if (o->batch_bytes && !o->batch)
 		return usage_error("%s", "--batch-bytes needs --batch N");
+	if (o->prefetch == PREFETCH_UNSET)
+		o->prefetch = o->sink == SINK_EXEC ? SLUICE_PREFETCH_AUTO
+						   : PREFETCH_BULK;
 	return 0;
 }
 
@@ -893,6 +904,7 @@ consume_main(int argc, char **argv)
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGUSR1);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	{
 		struct sigaction sa;
@@ -935,6 +947,7 @@ consume_main(int argc, char **argv)
 	atomic_store(&r.done, true);
 	if (progress)
 		pthread_join(prog_t, NULL);
+	pthread_kill(sig_t, SIGUSR1);
 	pthread_join(sig_t, NULL);
 	if (!r.o.quiet)
 		summary(&r, unfinished, input_rc ? err : NULL);
