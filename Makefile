@@ -7,6 +7,7 @@
 #   make bench      build optimised and print sluice vs the Go anchors
 #   make asan       the suite under clang ASan+UBSan (build-asan/)
 #   make tsan       the concurrency tests under clang TSan (build-tsan/)
+#   make fuzz       libFuzzer on the codecs for FUZZ_SECONDS (default 60)
 #   make install    install into PREFIX (default /usr/local)
 #   make format     clang-format every C file in place
 BUILD  ?= build
@@ -14,7 +15,7 @@ PREFIX ?= /usr/local
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all demo deps test bench asan tsan install format clean
+.PHONY: all demo deps test bench asan tsan fuzz install format clean
 
 all: $(BUILD)/CMakeCache.txt
 	cmake --build $(BUILD) -j $(JOBS)
@@ -61,6 +62,16 @@ tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 		ctest --output-on-failure -j $(JOBS) -L concurrency
+
+# libFuzzer on each codec for FUZZ_SECONDS (new inputs go to build-fuzz/).
+FUZZ_SECONDS ?= 60
+fuzz: deps all
+	mkdir -p build-fuzz/corpus-framing
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+		-Iinclude -I$(BUILD)/include -Isrc src/proto/framing.c \
+		src/util/alloc.c tests/fuzz/fuzz_framing.c -o build-fuzz/fuzz_framing
+	build-fuzz/fuzz_framing -max_total_time=$(FUZZ_SECONDS) \
+		build-fuzz/corpus-framing tests/fuzz/corpus/framing
 
 install: all
 	cmake --install $(BUILD) --prefix $(PREFIX)
