@@ -68,7 +68,7 @@ parse_split(enum sluice_framing f, const uint8_t *data, size_t size, size_t cut,
 {
 	struct sluice_bytes body;
 	size_t off = 0, n = 0;
-	int64_t r;
+	int64_t r = 0;
 
 	while (n < max_frames) {
 		r = sluice_frame_next(f, data + off, cut - off, 0, MAX_BODY,
