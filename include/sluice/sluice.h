@@ -15,6 +15,7 @@
 #include <sluice/framing.h>
 #include <sluice/handler.h>
 #include <sluice/map.h>
+#include <sluice/metrics.h>
 #include <sluice/msg.h>
 #include <sluice/queue.h>
 #include <sluice/stream.h>
