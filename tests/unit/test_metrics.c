@@ -45,12 +45,12 @@ build_sample(struct sluice_metrics *m, double *depth)
 	static const char *const reason[] = { "reason" };
 	static const double secs[] = { 0.125, 0.5, 1 };
 	static const double sizes[] = { 1, 10 };
-	struct sluice_counter_family *msgs;
-	struct sluice_counter *ok, *dead, *retries;
-	struct sluice_gauge_family *idle;
-	struct sluice_gauge *busy;
-	struct sluice_histogram_family *batch;
-	struct sluice_histogram *lat, *bb;
+	struct sluice_counter_family *msgs = NULL;
+	struct sluice_counter *ok = NULL, *dead = NULL, *retries = NULL;
+	struct sluice_gauge_family *idle = NULL;
+	struct sluice_gauge *busy = NULL;
+	struct sluice_histogram_family *batch = NULL;
+	struct sluice_histogram *lat = NULL, *bb = NULL;
 	int rc;
 
 	rc = sluice_counter_family_register(m, "sluice_messages_total",
