@@ -39,6 +39,9 @@ extern "C" {
 /* Most label names a family may have. */
 #define SLUICE_METRICS_MAX_LABELS 4
 
+/* Ends the label values of the *_with() calls. */
+#define SLUICE_LABELS_END ((const char *)0)
+
 /* Cells per counter or histogram child (one cache line or more each). */
 #define SLUICE_METRICS_SHARDS 16
 
@@ -148,7 +151,9 @@ sluice_counter_family_register(struct sluice_metrics *m, const char *name,
 
 /**
  * sluice_counter_with() - the child for the label values that follow @out,
- * ended by NULL: sluice_counter_with(f, &ok, "ok", NULL).
+ * ended by SLUICE_LABELS_END (a typed null pointer: a bare NULL may be an
+ * int in a variadic call): sluice_counter_with(f, &ok, "ok",
+ * SLUICE_LABELS_END).
  *
  * See "Children" above.
  */

@@ -57,9 +57,10 @@ build_sample(struct sluice_metrics *m, double *depth)
 					    "Messages settled, by outcome.",
 					    outcome, 1, &msgs);
 	if (rc == 0)
-		rc = sluice_counter_with(msgs, &ok, "ok", NULL);
+		rc = sluice_counter_with(msgs, &ok, "ok", SLUICE_LABELS_END);
 	if (rc == 0)
-		rc = sluice_counter_with(msgs, &dead, "dead", NULL);
+		rc = sluice_counter_with(msgs, &dead, "dead",
+					 SLUICE_LABELS_END);
 	if (rc == 0)
 		rc = sluice_counter_register(m, "sluice_retries_total",
 					     "Retries scheduled.", &retries);
@@ -83,7 +84,8 @@ build_sample(struct sluice_metrics *m, double *depth)
 						      "Batch sizes.", sizes, 2,
 						      qmode, 2, &batch);
 	if (rc == 0)
-		rc = sluice_histogram_with(batch, &bb, "in", "batch", NULL);
+		rc = sluice_histogram_with(batch, &bb, "in", "batch",
+					   SLUICE_LABELS_END);
 	if (rc < 0)
 		return rc;
 	sluice_counter_add(ok, 2);
@@ -199,7 +201,7 @@ test_label_escaping(void)
 		m, "esc_total",
 		"Help with \\ backslash,\nnewline and \"quote\".", l, 2, &f));
 	CHECK_OK(sluice_counter_with(f, &c, "C:\\dir\\", "say \"hi\"\nbye",
-				     NULL));
+				     SLUICE_LABELS_END));
 	sluice_counter_inc(c);
 	CHECK_OK(sluice_counter_with_values(f, utf8, 2, &c2));
 	sluice_counter_add(c2, 7);
@@ -241,20 +243,22 @@ test_children_identity(void)
 
 	CHECK_OK(sluice_metrics_new(&m));
 	CHECK_OK(sluice_counter_family_register(m, "c_total", "C.", l, 2, &f));
-	CHECK_OK(sluice_counter_with(f, &x, "1", "2", NULL));
+	CHECK_OK(sluice_counter_with(f, &x, "1", "2", SLUICE_LABELS_END));
 	CHECK_OK(sluice_counter_with_values(f, v, 2, &y));
 	CHECK(x == y);
-	CHECK_OK(sluice_counter_with(f, &z, "1", "3", NULL));
+	CHECK_OK(sluice_counter_with(f, &z, "1", "3", SLUICE_LABELS_END));
 	CHECK(x != z);
 	sluice_counter_add(x, 5);
 	CHECK_EQ(sluice_counter_value(y), 5);
 	CHECK_EQ(sluice_counter_value(z), 0);
 	/* Wrong number of values. */
-	CHECK_EQ(sluice_counter_with(f, &z, "1", NULL), SLUICE_EINVAL);
-	CHECK(z == NULL);
-	CHECK_EQ(sluice_counter_with(f, &z, "1", "2", "3", NULL),
+	CHECK_EQ(sluice_counter_with(f, &z, "1", SLUICE_LABELS_END),
 		 SLUICE_EINVAL);
-	CHECK_EQ(sluice_counter_with(f, &z, "1", "2", "3", "4", "5", NULL),
+	CHECK(z == NULL);
+	CHECK_EQ(sluice_counter_with(f, &z, "1", "2", "3", SLUICE_LABELS_END),
+		 SLUICE_EINVAL);
+	CHECK_EQ(sluice_counter_with(f, &z, "1", "2", "3", "4", "5",
+				     SLUICE_LABELS_END),
 		 SLUICE_EINVAL);
 	CHECK_EQ(sluice_counter_with_values(f, v, 1, &z), SLUICE_EINVAL);
 	sluice_metrics_free(m);
@@ -578,7 +582,7 @@ bumper(void *arg)
 
 	pthread_barrier_wait(&s->start);
 	/* Every thread asks for the same child: one object for all. */
-	rc = sluice_counter_with(s->fam, &mine, "shared", NULL);
+	rc = sluice_counter_with(s->fam, &mine, "shared", SLUICE_LABELS_END);
 	if (rc != 0 || mine != s->child)
 		return (void *)1;
 	for (i = 0; i < ITERS; i++) {
@@ -608,7 +612,8 @@ test_concurrent_bumps(void)
 	CHECK_OK(sluice_counter_register(m, "p_total", "p", &s.plain));
 	CHECK_OK(sluice_counter_family_register(m, "c_total", "c", l, 1,
 						&s.fam));
-	CHECK_OK(sluice_counter_with(s.fam, &s.child, "shared", NULL));
+	CHECK_OK(sluice_counter_with(s.fam, &s.child, "shared",
+				     SLUICE_LABELS_END));
 	CHECK_OK(sluice_gauge_register(m, "g", "g", &s.gauge));
 	CHECK_OK(sluice_histogram_register(m, "h", "h", b, 1, &s.hist));
 	CHECK_OK(pthread_barrier_init(&s.start, NULL, NTHREADS));
@@ -694,7 +699,7 @@ race_registrar(void *arg)
 	atomic_fetch_add(&r->started, 1);
 	while (i < 50 || !atomic_load(&r->stop)) {
 		snprintf(v, sizeof(v), "v%d", i);
-		if (sluice_counter_with(r->fam, &c, v, NULL) != 0)
+		if (sluice_counter_with(r->fam, &c, v, SLUICE_LABELS_END) != 0)
 			return (void *)1;
 		sluice_counter_inc(c);
 		i++;
@@ -945,7 +950,7 @@ test_promtool(void)
 	CHECK_OK(sluice_counter_family_register(m, "sluice_escaped_total",
 						"Odd \\ help\nover lines.", l,
 						1, &f));
-	CHECK_OK(sluice_counter_with(f, &c, "a\\b\"c\nd", NULL));
+	CHECK_OK(sluice_counter_with(f, &c, "a\\b\"c\nd", SLUICE_LABELS_END));
 	sluice_counter_inc(c);
 	CHECK_OK(sluice_metrics_render(m, &text, NULL));
 	CHECK_EQ(promtool_check(tool, text, false), 0);
