@@ -274,6 +274,10 @@ gather(uint8_t *out, size_t cap, const struct part *parts, size_t n)
 	if (need > cap)
 		return (ssize_t)need;
 	for (i = 0; i < n; i++) {
+		/* Cannot happen (need <= cap), but stated so the compiler's
+		 * object-size checks (_FORTIFY_SOURCE=3) can see it. */
+		if (parts[i].n > cap - off)
+			return SLUICE_EMSGSIZE;
 		if (parts[i].n)
 			memcpy(out + off, parts[i].p, parts[i].n);
 		off += parts[i].n;
