@@ -6,7 +6,7 @@
 #   scripts/deps.sh          build + test dependencies
 #   scripts/deps.sh --bench  also the benchmark anchors' toolchain (Go)
 set -eu
-pkgs="build-essential cmake pkg-config clang clang-format cppcheck libclang-rt-14-dev libjansson-dev"
+pkgs="build-essential cmake pkg-config clang clang-format cppcheck libclang-rt-14-dev libjansson-dev libmicrohttpd-dev"
 case "${1:-}" in
 --bench) pkgs="$pkgs golang-go" ;;
 esac

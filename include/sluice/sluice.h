@@ -9,6 +9,7 @@
 #include <sluice/clock.h>
 #include <sluice/common.h>
 #include <sluice/ctx.h>
+#include <sluice/debug_http.h>
 #include <sluice/dlq.h>
 #include <sluice/engine.h>
 #include <sluice/error.h>
