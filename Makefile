@@ -72,6 +72,12 @@ fuzz: deps all
 		src/util/alloc.c tests/fuzz/fuzz_framing.c -o build-fuzz/fuzz_framing
 	build-fuzz/fuzz_framing -max_total_time=$(FUZZ_SECONDS) \
 		build-fuzz/corpus-framing tests/fuzz/corpus/framing
+	mkdir -p build-fuzz/corpus-nsq
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+		-Iinclude -I$(BUILD)/include -Isrc src/proto/nsq.c \
+		src/util/alloc.c tests/fuzz/fuzz_nsq.c -o build-fuzz/fuzz_nsq
+	build-fuzz/fuzz_nsq -max_total_time=$(FUZZ_SECONDS) \
+		build-fuzz/corpus-nsq tests/fuzz/corpus/nsq
 
 install: all
 	cmake --install $(BUILD) --prefix $(PREFIX)
