@@ -164,6 +164,24 @@ struct sluice_engine_stats {
 SLUICE_API void sluice_engine_stats(struct sluice_engine *e,
 				    struct sluice_engine_stats *out);
 
+struct sluice_metrics;
+
+/**
+ * sluice_engine_export_metrics() - register the engine's counters
+ * (sluice_messages_handled_total, ..._requeued_total, ..._dead_lettered_total,
+ * sluice_handler_timeouts_total, ...) and gauges (sluice_handlers_running,
+ * sluice_messages_held, sluice_credit_in_use) in @m.  They are read from the
+ * engine's own per-worker counters when @m renders, so the hot path pays
+ * nothing for them.
+ *
+ * Ownership: @m and @e borrow each other: render @m only while @e exists
+ * (stop any server of @m before sluice_engine_free()).
+ * Returns: 0, SLUICE_EINVAL (NULL, or already exported), SLUICE_ENOMEM,
+ * SLUICE_EEXIST when @m already has these names.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_engine_export_metrics(struct sluice_engine *e, struct sluice_metrics *m);
+
 #ifdef __cplusplus
 }
 #endif

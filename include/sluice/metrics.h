@@ -267,6 +267,15 @@ sluice_gauge_register_fn(struct sluice_metrics *m, const char *name,
 			 const char *help, sluice_gauge_fn *fn, void *ud);
 
 /**
+ * sluice_counter_register_fn() - like sluice_gauge_register_fn(), typed as a
+ * counter: for totals kept elsewhere (e.g. the engine's own counters),
+ * read at render time.  @fn must never go down.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_counter_register_fn(struct sluice_metrics *m, const char *name,
+			   const char *help, sluice_gauge_fn *fn, void *ud);
+
+/**
  * sluice_histogram_register() - a histogram without labels.
  * @bounds: @nbounds bucket upper bounds, finite and strictly increasing;
  *          copied.  A "+Inf" bucket is always added after them, so

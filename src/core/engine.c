@@ -33,11 +33,13 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/random.h>
 
 #include <sluice/engine.h>
+#include <sluice/metrics.h>
 
 #include "core/clock_int.h"
 #include "util/alloc.h"
@@ -156,8 +158,9 @@ struct sluice_engine {
 	unsigned nworkers;
 	struct settler wd; /* the watchdog's settler */
 	struct stats_shard wd_st;
-	pthread_mutex_t steal_mu; /* serialises steal_unstarted() callers */
-	struct settler stealer;   /* guarded by steal_mu */
+	struct metric_ud *metric_uds; /* sluice_engine_export_metrics() */
+	pthread_mutex_t steal_mu;     /* serialises steal_unstarted() callers */
+	struct settler stealer;       /* guarded by steal_mu */
 	struct stats_shard steal_st;
 };
 
@@ -1436,6 +1439,7 @@ sluice_engine_free(struct sluice_engine *e)
 		worker_free(e->workers[i]);
 	sl_free(e->workers);
 	sl_free(e->wd.acks);
+	sl_free(e->metric_uds);
 	pthread_cond_destroy(&e->idle_cv);
 	pthread_mutex_destroy(&e->idle_mu);
 	pthread_mutex_destroy(&e->steal_mu);
@@ -1496,4 +1500,97 @@ sluice_engine_stats(struct sluice_engine *e, struct sluice_engine_stats *out)
 	out->held = out->credit > fetching ? out->credit - fetching : 0;
 	out->max_held = atomic_load(&e->max_held);
 	out->max_in_flight = e->max_in_flight;
+}
+
+/* ---- metrics ------------------------------------------------------------- */
+
+/* What each exported series reads from struct sluice_engine_stats. */
+static const struct {
+	const char *name, *help;
+	size_t off; /* of a uint64_t field */
+	bool counter;
+} exported[] = {
+#define C(n, f, h)                                                            \
+	{                                                                     \
+		"sluice_" n, h, offsetof(struct sluice_engine_stats, f), true \
+	}
+#define G(n, f, h)                                                             \
+	{                                                                      \
+		"sluice_" n, h, offsetof(struct sluice_engine_stats, f), false \
+	}
+	C("messages_delivered_total", delivered,
+	  "Messages fetched from the source."),
+	C("messages_handled_total", handled, "Messages acked after success."),
+	C("messages_requeued_total", requeued,
+	  "Messages given back for redelivery."),
+	C("messages_dead_lettered_total", dead_lettered,
+	  "Messages written to the dead-letter sink, then acked."),
+	C("handler_timeouts_total", timeouts,
+	  "Handlers that overran their deadline."),
+	C("handler_temporary_errors_total", temporary,
+	  "Handlers that failed TEMPORARY."),
+	C("handler_permanent_errors_total", permanent,
+	  "Handlers that failed PERMANENT."),
+	C("messages_expired_waiting_total", expired_waiting,
+	  "Messages whose deadline passed before they started."),
+	C("messages_exhausted_total", exhausted,
+	  "Messages dead-lettered after their last attempt."),
+	C("messages_handed_back_total", handed_back,
+	  "Messages handed back unstarted or at the drain deadline."),
+	C("dead_letter_failures_total", dlq_failed,
+	  "Dead-letter writes that failed (message kept)."),
+	C("ack_failures_total", ack_failed,
+	  "Acks and requeues the source refused."),
+	C("batches_total", batches, "Batch handler calls."),
+	G("handlers_running", running,
+	  "Units (messages or batches) running now."),
+	G("messages_held", held, "Messages fetched and not yet released."),
+	G("credit_in_use", credit,
+	  "Credit in use: held plus asked of the source."),
+#undef C
+#undef G
+};
+
+struct metric_ud {
+	struct sluice_engine *e;
+	size_t off;
+};
+
+static double
+read_stat(void *ud)
+{
+	struct metric_ud *m = ud;
+	struct sluice_engine_stats st;
+	uint64_t v;
+
+	sluice_engine_stats(m->e, &st);
+	memcpy(&v, (const char *)&st + m->off, sizeof(v));
+	return (double)v;
+}
+
+int
+sluice_engine_export_metrics(struct sluice_engine *e, struct sluice_metrics *m)
+{
+	size_t n = sizeof(exported) / sizeof(exported[0]), i;
+	int rc;
+
+	if (!e || !m || e->metric_uds)
+		return SLUICE_EINVAL;
+	e->metric_uds = sl_calloc(n, sizeof(*e->metric_uds));
+	if (!e->metric_uds)
+		return SLUICE_ENOMEM;
+	for (i = 0; i < n; i++) {
+		e->metric_uds[i].e = e;
+		e->metric_uds[i].off = exported[i].off;
+		rc = exported[i].counter
+			     ? sluice_counter_register_fn(
+				       m, exported[i].name, exported[i].help,
+				       read_stat, &e->metric_uds[i])
+			     : sluice_gauge_register_fn(
+				       m, exported[i].name, exported[i].help,
+				       read_stat, &e->metric_uds[i]);
+		if (rc)
+			return rc;
+	}
+	return 0;
 }

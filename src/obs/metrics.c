@@ -94,6 +94,7 @@ struct family {
 	size_t stride;          /* immutable; words per shard slot, 0 = gauge */
 	sluice_gauge_fn *fn;    /* immutable; KIND_GAUGE_FN */
 	void *ud;               /* immutable; KIND_GAUGE_FN */
+	bool fn_counter;        /* immutable; KIND_GAUGE_FN typed counter */
 	struct child *children; /* guarded by the registry mutex */
 	struct child **tail;    /* guarded by the registry mutex */
 };
@@ -727,9 +728,9 @@ sluice_gauge_value(const struct sluice_gauge *g)
 	return atomic_load_explicit(&g->c.gauge, memory_order_relaxed);
 }
 
-int
-sluice_gauge_register_fn(struct sluice_metrics *m, const char *name,
-			 const char *help, sluice_gauge_fn *fn, void *ud)
+static int
+register_fn(struct sluice_metrics *m, const char *name, const char *help,
+	    sluice_gauge_fn *fn, void *ud, bool counter)
 {
 	struct family *f;
 	int rc;
@@ -744,7 +745,22 @@ sluice_gauge_register_fn(struct sluice_metrics *m, const char *name,
 		return rc;
 	f->fn = fn;
 	f->ud = ud;
+	f->fn_counter = counter;
 	return register_family(m, f, false, NULL);
+}
+
+int
+sluice_gauge_register_fn(struct sluice_metrics *m, const char *name,
+			 const char *help, sluice_gauge_fn *fn, void *ud)
+{
+	return register_fn(m, name, help, fn, ud, false);
+}
+
+int
+sluice_counter_register_fn(struct sluice_metrics *m, const char *name,
+			   const char *help, sluice_gauge_fn *fn, void *ud)
+{
+	return register_fn(m, name, help, fn, ud, true);
 }
 
 /* ---- histograms --------------------------------------------------------- */
@@ -1153,7 +1169,7 @@ render_family(struct buf *b, const struct family *f, const double *fnval)
 	puts_(b, "# TYPE ");
 	puts_(b, f->name);
 	put(b, " ", 1);
-	puts_(b, type_name[f->kind]);
+	puts_(b, f->fn_counter ? "counter" : type_name[f->kind]);
 	put(b, "\n", 1);
 	if (f->kind == KIND_GAUGE_FN) {
 		put_series(b, f, NULL, "", NULL);

@@ -225,12 +225,38 @@ summary_balances() {
 	[ ! -s err ] || fail "SLUICE_QUIET=1 ignored: $(cat err)"
 }
 
+debug_addr_serves_metrics() {
+	local pid port body
+	mkfifo in
+	"$SLUICE" consume -j 2 --discard --debug-addr 127.0.0.1:0 <in 2>err &
+	pid=$!
+	exec 3>in
+	seq 5 >&3
+	wait_for grep -q 'debug endpoint on port' err
+	port=$(sed -n 's/.*debug endpoint on port \([0-9]*\).*/\1/p' err)
+	fetch() {
+		exec 4<>"/dev/tcp/127.0.0.1/$port"
+		printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&4
+		body=$(cat <&4)
+		exec 4>&-
+		printf '%s' "$body" | grep -q "sluice_messages_handled_total 5"
+	}
+	wait_for fetch
+	printf '%s' "$body" | grep -q '^HTTP/1.[01] 200' || fail "status: $body"
+	printf '%s' "$body" | grep -q 'TYPE sluice_handlers_running gauge' || fail "gauge"
+	exec 3>&-
+	wait $pid || fail "exit status $?"
+	"$SLUICE" consume --debug-addr nohost </dev/null 2>err2 && return 1 || true
+	grep -q -- '--debug-addr' err2 || fail "bad address: $(cat err2)"
+}
+
 for c in bad_flags_give_usage_errors unreadable_file_is_named \
 	stdout_passthrough_in_order count_stops_after_n \
 	bodies_arrive_byte_exact exit_codes_map_to_classes \
 	crash_loop_ends_in_dead_letter overrun_kills_the_process_group \
 	sigterm_mid_stream_loses_nothing batch_flushes_on_count_bytes_and_wait \
-	malformed_input_is_reported summary_balances; do
+	malformed_input_is_reported summary_balances \
+	debug_addr_serves_metrics; do
 	run_case "$c"
 done
 echo "$pass passed, $failed failed"

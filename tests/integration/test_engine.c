@@ -843,6 +843,39 @@ test_duplicates_run_once_with_dedup(void)
 	sluice_map_free(seen);
 }
 
+/* ---- the engine's counters, exported to a metrics registry --------------- */
+
+static void
+test_metrics_export(void)
+{
+	struct sluice_handler h = { count_handler, NULL };
+	struct sluice_metrics *m;
+	char *text;
+	size_t len;
+	struct rig r;
+
+	CHECK_OK(sluice_metrics_new(&m));
+	rig_init(&r, 64);
+	r.cfg.workers = 2;
+	rig_make_queue(&r);
+	rig_publish(&r, 0, 10);
+	rig_start(&r, h, (struct sluice_batch_handler){ NULL, NULL }, NULL);
+	CHECK_OK(sluice_engine_export_metrics(r.e, m));
+	CHECK_EQ(sluice_engine_export_metrics(r.e, m), SLUICE_EINVAL);
+	sluice_queue_close(r.q);
+	CHECK_OK(sluice_engine_wait(r.e, SLUICE_FOREVER));
+	CHECK_OK(sluice_metrics_render(m, &text, &len));
+	CHECK(strstr(text, "# TYPE sluice_messages_handled_total counter\n"
+			   "sluice_messages_handled_total 10\n") != NULL);
+	CHECK(strstr(text, "sluice_messages_delivered_total 10\n") != NULL);
+	CHECK(strstr(text, "sluice_messages_dead_lettered_total 0\n") != NULL);
+	CHECK(strstr(text, "# TYPE sluice_handlers_running gauge\n"
+			   "sluice_handlers_running 0\n") != NULL);
+	sluice_metrics_free_text(text);
+	sluice_metrics_free(m); /* before the engine it reads */
+	rig_free(&r);
+}
+
 /* ---- configuration errors ------------------------------------------------ */
 
 static void
@@ -894,4 +927,5 @@ CHECK_MAIN(test_all_handled_once, test_bounded_under_overload,
 	   test_expired_while_waiting_not_started,
 	   test_follower_is_stolen_from_behind_a_hang,
 	   test_burst_after_start_uses_every_worker,
-	   test_duplicates_run_once_with_dedup, test_bad_config_is_rejected)
+	   test_duplicates_run_once_with_dedup, test_metrics_export,
+	   test_bad_config_is_rejected)

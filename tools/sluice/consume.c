@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sluice/debug_http.h>
 #include <sluice/exec.h>
 #include <sluice/sluice.h>
 #include <sluice/stream.h>
@@ -46,7 +47,7 @@ struct opts {
 	int64_t batch_wait_ns, timeout_ns, drain_ns, kill_grace_ns;
 	uint64_t max_attempts;
 	int64_t backoff_min_ns, backoff_max_ns;
-	const char *dead_letter, *output, *exec, *exit_codes;
+	const char *dead_letter, *output, *exec, *exit_codes, *debug_addr;
 	enum sink sink;
 	int nsinks;
 	enum sluice_framing framing;
@@ -63,6 +64,8 @@ struct run {
 	struct sluice_engine *e;
 	struct sluice_stream *stream;
 	struct sluice_dlq dlq;
+	struct sluice_metrics *metrics; /* with --debug-addr */
+	struct sluice_debug_http *http;
 	_Atomic bool done;      /* main is finishing: helper threads exit */
 	_Atomic int signals;    /* SIGINT/SIGTERM received */
 	pthread_mutex_t err_mu; /* serialises stderr lines vs progress */
@@ -111,6 +114,8 @@ static const char usage_text[] =
 	"  --kill-grace DUR      SIGTERM to SIGKILL at the deadline (2s)\n"
 	"Output:\n"
 	"  -q, --quiet           no progress line, no summary\n"
+	"  --debug-addr H:P      serve /metrics (Prometheus) and /debug/pprof/\n"
+	"                        on H:P (port 0 picks one; printed on start)\n"
 	"  -h, --help            this text\n"
 	"\n"
 	"Durations take ms, s, m or h (e.g. 250ms); sizes K, M or G.  Every\n"
@@ -147,6 +152,7 @@ enum {
 	O_KILL_GRACE,
 	O_PREFETCH,
 	O_CAPACITY,
+	O_DEBUG_ADDR,
 };
 
 static const struct option longopts[] = {
@@ -172,6 +178,7 @@ static const struct option longopts[] = {
 	{ "kill-grace", required_argument, NULL, O_KILL_GRACE },
 	{ "prefetch", required_argument, NULL, O_PREFETCH },
 	{ "capacity", required_argument, NULL, O_CAPACITY },
+	{ "debug-addr", required_argument, NULL, O_DEBUG_ADDR },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -333,6 +340,9 @@ apply(struct opts *o, int c)
 			       : 0;
 	case O_EXIT_CODES:
 		o->exit_codes = optarg;
+		return 0;
+	case O_DEBUG_ADDR:
+		o->debug_addr = optarg;
 		return 0;
 	default:
 		return EXIT_USAGE; /* getopt printed the problem */
@@ -829,6 +839,36 @@ parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 	return 0;
 }
 
+/* --debug-addr: the engine's metrics over HTTP. */
+static int
+start_debug(struct run *r)
+{
+	char err[256] = "";
+	int rc;
+
+	rc = sluice_metrics_new(&r->metrics);
+	if (!rc)
+		rc = sluice_engine_export_metrics(r->e, r->metrics);
+	if (rc) {
+		fprintf(stderr, "sluice consume: metrics: %s\n",
+			sluice_strerror(rc));
+		return EXIT_SOFTWARE;
+	}
+	rc = sluice_debug_http_start(r->o.debug_addr, r->metrics, &r->http, err,
+				     sizeof(err));
+	if (rc) {
+		fprintf(stderr, "sluice consume: --debug-addr: %s\n",
+			*err ? err : sluice_strerror(rc));
+		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_CANTCREAT;
+	}
+	if (!r->o.quiet)
+		fprintf(stderr,
+			"sluice: debug endpoint on port %u: /metrics, "
+			"/debug/pprof/\n",
+			(unsigned)sluice_debug_http_port(r->http));
+	return 0;
+}
+
 static int
 run_engine(struct run *r)
 {
@@ -936,6 +976,14 @@ consume_main(int argc, char **argv)
 		fprintf(stderr, "sluice consume: cannot start workers\n");
 		return EXIT_SOFTWARE;
 	}
+	if (r.o.debug_addr) {
+		rc = start_debug(&r);
+		if (rc) {
+			sluice_engine_stop(r.e, SLUICE_STOP_NOW);
+			(void)sluice_engine_wait(r.e, SLUICE_FOREVER);
+			return rc;
+		}
+	}
 	pthread_create(&sig_t, NULL, signal_main, &r);
 	progress = !r.o.quiet && isatty(2);
 	if (progress)
@@ -962,6 +1010,9 @@ consume_main(int argc, char **argv)
 			     ? EXIT_DEAD
 			     : EXIT_OK;
 	}
+	/* The registry reads the engine: stop serving it first. */
+	sluice_debug_http_stop(r.http);
+	sluice_metrics_free(r.metrics);
 	sluice_engine_free(r.e);
 	sluice_stream_free(r.stream);
 	sluice_dlq_close(&r.dlq);
