@@ -57,8 +57,8 @@ noop_batch(void *ud, struct sluice_ctx *ctx,
 	return NULL;
 }
 
-/* Fold this thread's sum into the total when the engine is done with it:
- * called through a hook after the last message (see flush_sums). */
+/* Fold this thread's sum into the total; runs when the worker thread
+ * exits (the sum_key destructor below). */
 static void
 flush_local(void)
 {
@@ -106,8 +106,8 @@ produce(void *arg)
 	return NULL;
 }
 
-/* A source wrapper whose close() runs on the waiting thread; worker sums
- * are folded by a pthread key destructor instead, see main. */
+/* Each worker sets this key on its first message, so that its exit runs
+ * sum_destructor(): the per-thread sums need no atomic per message. */
 static pthread_key_t sum_key;
 
 static void

@@ -279,8 +279,8 @@ credit_give(struct sluice_engine *e, size_t n)
 	}
 }
 
-/* Block until some credit may be free, or the engine stops draining-free
- * work.  Spurious returns are fine: the caller retries credit_take. */
+/* Block until some credit may be free, or the engine stops running.
+ * Spurious returns are fine: the caller retries credit_take. */
 static void
 credit_wait(struct sluice_engine *e)
 {
