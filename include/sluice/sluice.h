@@ -18,6 +18,7 @@
 #include <sluice/map.h>
 #include <sluice/metrics.h>
 #include <sluice/msg.h>
+#include <sluice/nsq.h>
 #include <sluice/queue.h>
 #include <sluice/stream.h>
 #include <sluice/version.h>
