@@ -147,13 +147,15 @@ overrun_kills_the_process_group() {
 	# The child leaves a grandchild in its group and hangs; both must go.
 	echo x | "$SLUICE" consume -q --timeout 300ms --kill-grace 100ms \
 		--max-attempts 1 --dead-letter dead.jsonl \
-		--exec 'sleep 1001.25 & echo $! > gpid; echo $$ > cpid; exec sleep 1001.5' \
+		--exec "sleep 1$$.25 & echo \$! > gpid; echo \$\$ > cpid; exec sleep 1$$.5" \
 		&& return 1 || rc=$?
 	[ $rc -eq 1 ] || fail "exit $rc"
 	grep -q '"class":"timeout"' dead.jsonl || fail "$(cat dead.jsonl)"
 	! kill -0 "$(cat gpid)" 2>/dev/null || fail "grandchild survived"
 	! kill -0 "$(cat cpid)" 2>/dev/null || fail "child survived"
-	! pgrep -f 'sleep 1001\.' >/dev/null || fail "a sleep survived"
+	# The durations carry this script's pid, so a concurrent run of the
+	# suite cannot be mistaken for a survivor.
+	! pgrep -f "sleep 1$$\." >/dev/null || fail "a sleep survived"
 	# And a child that ignores SIGTERM gets SIGKILL after the grace.
 	echo y | "$SLUICE" consume -q --timeout 200ms --kill-grace 100ms \
 		--max-attempts 1 --dead-letter dead2.jsonl \
