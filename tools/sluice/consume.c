@@ -107,6 +107,7 @@ static const char usage_text[] =
 	"  --framing F           line (default), nul, or length (4-byte\n"
 	"                        big-endian length, then the body)\n"
 	"  --max-body SIZE       longest message accepted (1M)\n"
+	"  --capacity N          messages read ahead of processing (1024)\n"
 	"Exec:\n"
 	"  --exit-codes SPEC     class of exit codes, e.g. '3=permanent,4=ok'\n"
 	"                        (0 ok, 75 temporary, 65 permanent, other\n"
