@@ -17,12 +17,14 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -34,117 +36,7 @@
 #define GUARD_MS 60000
 #define TOPIC    "t"
 #define CHANNEL  "c"
-
-struct srv {
-	pid_t pid;
-	int ctl; /* its stdin */
-	int out; /* its stdout */
-	int port;
-};
-
-static struct srv srv;
-
-static int64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Read one line of the server's stdout (guarded). */
-static void
-srv_line(char *buf, size_t cap)
-{
-	size_t n = 0;
-	struct pollfd p = { .fd = srv.out, .events = POLLIN };
-
-	while (n + 1 < cap) {
-		CHECK_GT(poll(&p, 1, GUARD_MS), 0);
-		CHECK_EQ(read(srv.out, buf + n, 1), 1);
-		if (buf[n] == '\n')
-			break;
-		n++;
-	}
-	buf[n] = '\0';
-}
-
-/* Start fake_nsqd with the NULL-terminated extra arguments @args. */
-static void
-srv_start(const char *const *args)
-{
-	const char *e = getenv("SLUICE_FAKE_NSQD");
-	char path[PATH_MAX], line[128];
-	const char *argv[32];
-	int in[2], out[2];
-	size_t i = 0;
-	ssize_t n;
-
-	if (e && *e) {
-		snprintf(path, sizeof(path), "%s", e);
-	} else {
-		n = readlink("/proc/self/exe", path, sizeof(path) - 16);
-		CHECK_GT(n, 0);
-		path[n] = '\0';
-		CHECK(strrchr(path, '/') != NULL);
-		snprintf(strrchr(path, '/'), 16, "/fake_nsqd");
-	}
-	if (access(path, X_OK) != 0)
-		CHECK_FAIL("set SLUICE_FAKE_NSQD to the fake_nsqd program");
-	argv[i++] = path;
-	argv[i++] = "0";
-	while (args && *args && i < 31)
-		argv[i++] = *args++;
-	argv[i] = NULL;
-	CHECK_OK(pipe(in));
-	CHECK_OK(pipe(out));
-	fflush(NULL);
-	srv.pid = fork();
-	CHECK_GE(srv.pid, 0);
-	if (srv.pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		execv(path, (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	srv.ctl = in[1];
-	srv.out = out[0];
-	signal(SIGPIPE, SIG_IGN);
-	srv_line(line, sizeof(line));
-	CHECK(strncmp(line, "listening on ", 13) == 0);
-	srv.port = (int)strtol(line + 13, NULL, 10);
-	CHECK_GT(srv.port, 0);
-}
-
-static void
-srv_stop(void)
-{
-	int st;
-
-	close(srv.ctl); /* EOF ends it; SIGKILL makes sure */
-	kill(srv.pid, SIGKILL);
-	CHECK_EQ(waitpid(srv.pid, &st, 0), srv.pid);
-	close(srv.out);
-}
-
-/* A control command; waits for its "ok". */
-static void
-srv_ctl(const char *cmd)
-{
-	char line[64];
-
-	CHECK_EQ(write(srv.ctl, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
-	CHECK_EQ(write(srv.ctl, "\n", 1), 1);
-	srv_line(line, sizeof(line));
-	CHECK_STREQ(line, "ok");
-}
+#include "fake_nsqd_child.h"
 
 static void
 pub(const char *body)
@@ -220,6 +112,24 @@ in_ms(int64_t ms)
 
 /* ---- cases ------------------------------------------------------------- */
 
+/* A loopback port nothing listens on, reserved by *@fd (bound, no listen):
+ * a connect there is refused. */
+static int
+closed_port(int *fd)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+
+	*fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK_GE(*fd, 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	CHECK_OK(bind(*fd, (struct sockaddr *)&a, sizeof(a)));
+	CHECK_OK(getsockname(*fd, (struct sockaddr *)&a, &len));
+	return ntohs(a.sin_port);
+}
+
 static void
 test_open_negotiates(void)
 {
@@ -230,7 +140,7 @@ test_open_negotiates(void)
 	struct sluice_nsq *n, *bad = NULL;
 	struct sluice_source src;
 	char err[256];
-	int port;
+	int port, hold;
 
 	srv_start(args);
 	n = nsq_open(5000, 2500);
@@ -262,14 +172,17 @@ test_open_negotiates(void)
 	cfg.channel = CHANNEL;
 	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &bad), SLUICE_EINVAL);
 	CHECK(bad == NULL);
-	port = srv.port;
 	srv_stop();
-	/* Nobody listening any more: refused, with a reason. */
+	/* Nobody listening: refused, with a reason.  The port is held by a
+	 * bound socket that never listens, so no parallel test can take it
+	 * (a freed ephemeral port could be reused by another server). */
+	port = closed_port(&hold);
 	cfg.topic = TOPIC;
 	cfg.port = (uint16_t)port;
 	CHECK_LT(sluice_nsq_open(&cfg, err, sizeof(err), &bad), 0);
 	CHECK(bad == NULL);
 	CHECK(strstr(err, "connect") != NULL);
+	close(hold);
 }
 
 /* Handler state shared by the engine cases. */
