@@ -78,6 +78,12 @@ fuzz: deps all
 		src/util/alloc.c tests/fuzz/fuzz_nsq.c -o build-fuzz/fuzz_nsq
 	build-fuzz/fuzz_nsq -max_total_time=$(FUZZ_SECONDS) \
 		build-fuzz/corpus-nsq tests/fuzz/corpus/nsq
+	mkdir -p build-fuzz/corpus-snappy
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined \
+		-Iinclude -I$(BUILD)/include -Isrc src/proto/nsq_snappy.c \
+		tests/fuzz/fuzz_snappy.c -lsnappy -o build-fuzz/fuzz_snappy
+	build-fuzz/fuzz_snappy -max_total_time=$(FUZZ_SECONDS) \
+		build-fuzz/corpus-snappy tests/fuzz/corpus/snappy
 
 install: all
 	cmake --install $(BUILD) --prefix $(PREFIX)

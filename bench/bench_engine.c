@@ -10,11 +10,18 @@
  * and the sums are checked against n(n-1)/2 so nothing can be skipped.
  *
  *   bench_engine [-m pool|batch] [-w workers] [-n messages] [-p prefetch]
+ *                [-t] [-P]
  *
- * Prints one line: "<mode> workers=W n=N: X ns/msg, Y Mmsg/s".
+ * Prints one line: "<mode> workers=W n=N: X ns/msg, Y Mmsg/s".  With -t
+ * the run is repeated with the execution trace recording (ring mode, so the
+ * buffer never fills) and it prints both, the events per message, the cost
+ * per event derived from the difference, and the cost of one probe on one
+ * thread, on and off.  With -P the run is repeated with the CPU profiler
+ * sampling at 100 Hz, and it prints both and the overhead in percent.
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +29,7 @@
 #include <unistd.h>
 
 #include <sluice/sluice.h>
+#include <sluice/trace.h>
 
 static _Atomic uint64_t total_sum;
 static _Thread_local uint64_t local_sum;
@@ -135,28 +143,53 @@ noop_batch_keyed(void *ud, struct sluice_ctx *ctx,
 	return noop_batch(ud, ctx, msgs, n, errs);
 }
 
+static double
+elapsed(const struct timespec *t0, const struct timespec *t1)
+{
+	return (double)(t1->tv_sec - t0->tv_sec) +
+	       (double)(t1->tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* ns per call of one probe on this thread: recording, then not. */
+static void
+probe_cost(void)
+{
+	struct sluice_trace_options o;
+	struct timespec t0, t1;
+	const int n = 2000000;
+	int i;
+
+	sluice_trace_options_init(&o);
+	o.ring = true;
+	if (sluice_trace_start(&o) != 0)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (i = 0; i < n; i++)
+		sluice_trace_counter("bench", i);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	(void)sluice_trace_stop();
+	printf("probe on: %.1f ns/event", elapsed(&t0, &t1) * 1e9 / n);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (i = 0; i < n; i++)
+		sluice_trace_counter("bench", i);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	printf(", off: %.2f ns/probe\n", elapsed(&t0, &t1) * 1e9 / n);
+}
+
+static int run(const char *mode, unsigned workers, unsigned prefetch,
+	       uint64_t n, double *ns_per_msg);
+
 int
 main(int argc, char **argv)
 {
-	struct sluice_engine_config cfg;
-	struct sluice_queue_config qc;
-	struct sluice_handler h = { noop_keyed, NULL };
-	struct sluice_batch_handler bh = { noop_batch_keyed, NULL };
-	struct sluice_handler noh = { NULL, NULL };
-	struct sluice_batch_handler nob = { NULL, NULL };
-	struct sluice_engine_stats st;
-	struct sluice_engine *e;
-	struct sluice_queue *q;
-	struct producer p;
-	struct timespec t0, t1;
 	const char *mode = "pool";
 	unsigned workers = 2, prefetch = 1024;
 	uint64_t n = 10000000;
-	pthread_t pt;
-	double secs;
+	bool trace = false, prof = false;
+	double off, on;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:w:n:p:")) != -1) {
+	while ((opt = getopt(argc, argv, "m:w:n:p:tP")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = optarg;
@@ -170,15 +203,88 @@ main(int argc, char **argv)
 		case 'p':
 			prefetch = (unsigned)strtoul(optarg, NULL, 10);
 			break;
+		case 't':
+			trace = true;
+			break;
+		case 'P':
+			prof = true;
+			break;
 		default:
 			fprintf(stderr,
 				"usage: %s [-m pool|batch] [-w N] "
-				"[-n msgs] [-p prefetch]\n",
+				"[-n msgs] [-p prefetch] [-t] [-P]\n",
 				argv[0]);
 			return 2;
 		}
 	}
 	pthread_key_create(&sum_key, sum_destructor);
+	if (run(mode, workers, prefetch, n, &off) != 0)
+		return 1;
+	if (trace) {
+		struct sluice_trace_options o;
+		struct sluice_trace_stats ts;
+		double per_msg;
+
+		sluice_trace_options_init(&o);
+		o.buffer_bytes = 64u << 20;
+		o.ring = true;
+		if (sluice_trace_start(&o) != 0)
+			return 1;
+		atomic_store(&total_sum, 0);
+		printf("trace on:  ");
+		if (run(mode, workers, prefetch, n, &on) != 0)
+			return 1;
+		(void)sluice_trace_stop();
+		sluice_trace_stats(&ts);
+		per_msg = (double)(ts.events + ts.overwritten + ts.dropped) /
+			  (double)n;
+		printf("trace off %.1f ns/msg, on %.1f ns/msg: %.1f events/msg,"
+		       " %.1f ns/event\n",
+		       off, on, per_msg,
+		       per_msg > 0 ? (on - off) / per_msg : 0.0);
+		probe_cost();
+	}
+	if (prof) {
+		char err[160], *data = NULL;
+		size_t len = 0;
+
+		if (sluice_cpu_profile_start(100, err, sizeof(err)) != 0) {
+			fprintf(stderr, "cpu profile: %s\n", err);
+			return 1;
+		}
+		atomic_store(&total_sum, 0);
+		printf("profiler on: ");
+		if (run(mode, workers, prefetch, n, &on) != 0)
+			return 1;
+		if (sluice_cpu_profile_stop(SLUICE_PROFILE_PPROF, &data,
+					    &len) != 0)
+			return 1;
+		sluice_profile_free(data);
+		printf("profiler off %.1f ns/msg, on (100 Hz) %.1f ns/msg: "
+		       "%+.1f%%\n",
+		       off, on, (on - off) / off * 100.0);
+	}
+	return 0;
+}
+
+static int
+run(const char *mode, unsigned workers, unsigned prefetch, uint64_t n,
+    double *ns_per_msg)
+{
+	struct sluice_engine_config cfg;
+	struct sluice_queue_config qc;
+	struct sluice_handler h = { noop_keyed, NULL };
+	struct sluice_batch_handler bh = { noop_batch_keyed, NULL };
+	struct sluice_handler noh = { NULL, NULL };
+	struct sluice_batch_handler nob = { NULL, NULL };
+	struct sluice_engine_stats st;
+	struct sluice_engine *e;
+	struct sluice_queue *q;
+	struct producer p;
+	struct timespec t0, t1;
+	pthread_t pt;
+	double secs;
+
 	sluice_queue_config_init(&qc);
 	qc.capacity = 1024 + prefetch; /* the anchor's channel holds 1024 */
 	if (sluice_queue_new(&qc, &q) != 0)
@@ -210,8 +316,8 @@ main(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	pthread_join(pt, NULL);
 	sluice_engine_stats(e, &st);
-	secs = (double)(t1.tv_sec - t0.tv_sec) +
-	       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	secs = elapsed(&t0, &t1);
+	*ns_per_msg = secs * 1e9 / (double)n;
 	printf("%s workers=%u n=%llu: %.1f ns/msg, %.2f Mmsg/s", mode, workers,
 	       (unsigned long long)n, secs * 1e9 / (double)n,
 	       (double)n / secs / 1e6);

@@ -4,11 +4,18 @@
 # with, if any are missing.  Idempotent.  As root it runs apt-get; otherwise
 # it prints the command to run and fails.
 #   scripts/deps.sh          build + test dependencies
-#   scripts/deps.sh --bench  also the benchmark anchors' toolchain (Go)
+#   scripts/deps.sh --bench  also wrk (the load generator of the benchmarks)
+# The tests need the standard tools the observability endpoints are proven
+# against (go tool pprof from golang-go, protoc, graphviz, Prometheus and
+# promtool, python3) and the NSQ transport's libraries (OpenSSL, zlib,
+# snappy, libcurl for nsqlookupd).
 set -eu
-pkgs="build-essential cmake pkg-config clang clang-format cppcheck libclang-rt-14-dev libjansson-dev libmicrohttpd-dev"
+pkgs="build-essential cmake pkg-config clang clang-format cppcheck libclang-rt-14-dev
+ libjansson-dev libmicrohttpd-dev zlib1g-dev libssl-dev libsnappy-dev
+ libcurl4-openssl-dev openssl golang-go protobuf-compiler graphviz prometheus
+ python3 wrk"
 case "${1:-}" in
---bench) pkgs="$pkgs golang-go" ;;
+--bench) ;;
 esac
 missing=""
 for p in $pkgs; do

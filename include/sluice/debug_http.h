@@ -6,17 +6,35 @@
  * Nothing listens until sluice_debug_http_start() is called.  The server
  * binds to loopback unless told otherwise (importing Go's net/http/pprof
  * exposes the same endpoints on whatever the application listens on, often
- * every interface; this one does not), and serves:
+ * every interface; this one does not), and serves the paths of Go's
+ * net/http/pprof so `go tool pprof http://HOST:PORT/debug/pprof/profile`
+ * works unchanged:
  *
- *   GET /metrics        the registry in the Prometheus text format 0.0.4
- *                       (404 when started without a registry)
- *   GET /debug/pprof/   an HTML index of the endpoints (and of the planned
- *                       ones: profile, heap, allocs, goroutine, trace...)
- *   GET /healthz        "ok"
+ *   GET /metrics                 Prometheus text format 0.0.4 (404 when
+ *                                started without a registry)
+ *   GET /debug/pprof/            an HTML index
+ *   GET /debug/pprof/profile     CPU profile: ?seconds=N (30), ?hz=N (100),
+ *                                ?format=pprof|folded|svg; one at a time
+ *                                (409 "cpu profiling already in use")
+ *   GET /debug/pprof/heap        sampled heap (inuse first), allocs (alloc
+ *       /debug/pprof/allocs      first), block, mutex: ?seconds=N gives the
+ *       /debug/pprof/block       delta over N seconds, ?debug=1 the text
+ *       /debug/pprof/mutex       form, ?format= and ?sample_index= as above
+ *   GET /debug/pprof/goroutine   sluice's threads and their stacks
+ *                                (?debug=1 counts, ?debug=2 one per thread)
+ *   GET /debug/pprof/threadcreate  the stacks that started them
+ *   GET /debug/pprof/trace       execution trace over ?seconds=N (1):
+ *                                Chrome JSON, or ?format=perfetto
+ *   GET /debug/pprof/cmdline     argv joined by NUL bytes
+ *   GET|POST /debug/pprof/symbol pprof's symbolz protocol
+ *   GET /debug/inflight          the engine's in-flight table and last
+ *                                failures (?format=json)
+ *   GET /healthz                 "ok"
  *
- * HEAD is answered like GET without the body; any other method on any path
- * is 405, any other path 404.  None of these paths takes query parameters;
- * unknown ones are ignored, as Prometheus and Go's handlers do.
+ * A malformed parameter (seconds=-1, seconds=abc, seconds beyond
+ * SLUICE_DEBUG_HTTP_MAX_SECONDS, an unknown format) is a 400 naming it.
+ * HEAD is answered like GET without the body; POST only on symbol; any
+ * other method is 405, any other path 404.
  *
  * Each connection gets its own thread (a future profile?seconds=N request
  * blocks its handler for N seconds, as it does a goroutine in Go), at most
@@ -44,7 +62,12 @@ extern "C" {
 /* Seconds a connection may sit idle before the server closes it. */
 #define SLUICE_DEBUG_HTTP_IDLE_S 30
 
+/* Longest ?seconds= a profile or trace request may ask for; more is a
+ * 400, as Go answers a duration beyond its server's WriteTimeout. */
+#define SLUICE_DEBUG_HTTP_MAX_SECONDS 600
+
 struct sluice_metrics;
+struct sluice_engine;
 struct sluice_debug_http;
 
 /**
@@ -89,6 +112,15 @@ SLUICE_API uint16_t sluice_debug_http_port(const struct sluice_debug_http *h);
  * Threads: call once, from a thread that is not one of the server's.
  */
 SLUICE_API void sluice_debug_http_stop(struct sluice_debug_http *h);
+
+/**
+ * sluice_debug_http_set_engine() - serve @e's in-flight table and recent
+ * failures at /debug/inflight (404 until set).  @e is borrowed: set NULL
+ * (or stop the server) before freeing it.
+ * Threads: any thread.
+ */
+SLUICE_API void sluice_debug_http_set_engine(struct sluice_debug_http *h,
+					     struct sluice_engine *e);
 
 #ifdef __cplusplus
 }

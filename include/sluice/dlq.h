@@ -14,6 +14,12 @@
  * "body" holds the body as a JSON string when it is valid UTF-8, otherwise
  * the field is "body_base64".  Lines are written whole with one write(2) on
  * an O_APPEND descriptor, so concurrent writers never interleave.
+ *
+ * The NSQ sink publishes the same JSON object (without the '\n') as the
+ * body of one message to an NSQ topic, and reports success only once nsqd
+ * answered OK, so the original is acknowledged only after its record is
+ * queued in nsqd (at least once: a record whose OK was lost with the
+ * connection may be published again when the message comes back).
  */
 #ifndef SLUICE_DLQ_H
 #define SLUICE_DLQ_H
@@ -66,6 +72,21 @@ SLUICE_API int64_t sluice_dlq_format(char *buf, size_t size, int64_t time_ns,
 				     const char *source,
 				     const struct sluice_msg *msg,
 				     const struct sluice_error *why);
+
+struct sluice_nsq_producer;
+
+/**
+ * sluice_dlq_nsq_open() - a sink publishing each record (the JSON object
+ * above, without its '\n') to @topic through @p (see nsq_producer.h).
+ * write() waits for nsqd's answer; concurrent writes share MPUBs.
+ * @own: the sink frees @p on close; otherwise @p is borrowed until then.
+ *
+ * Returns: 0 and *@out, SLUICE_EINVAL (invalid topic name), SLUICE_ENOMEM.
+ * On failure @p is not freed even when @own.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_dlq_nsq_open(struct sluice_nsq_producer *p, bool own, const char *topic,
+		    struct sluice_dlq *out);
 
 /** sluice_dlq_close() - close @d (a no-op when its ops are NULL). */
 SLUICE_API void sluice_dlq_close(struct sluice_dlq *d);

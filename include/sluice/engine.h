@@ -169,10 +169,15 @@ struct sluice_metrics;
 /**
  * sluice_engine_export_metrics() - register the engine's counters
  * (sluice_messages_handled_total, ..._requeued_total, ..._dead_lettered_total,
- * sluice_handler_timeouts_total, ...) and gauges (sluice_handlers_running,
- * sluice_messages_held, sluice_credit_in_use) in @m.  They are read from the
- * engine's own per-worker counters when @m renders, so the hot path pays
- * nothing for them.
+ * sluice_handler_timeouts_total, ...), gauges (sluice_handlers_running,
+ * sluice_messages_held, sluice_credit_in_use, sluice_workers_busy) and
+ * histograms (sluice_handler_latency_seconds, sluice_queue_wait_seconds,
+ * sluice_fetch_size_messages, sluice_batch_size_messages) in @m.  They are
+ * read from the engine's own per-worker counters when @m renders, so the
+ * hot path pays no atomic read-modify-write for them.  Also
+ * sluice_handler_errors_total{class="timeout|temporary|permanent|canceled"},
+ * which counts failures settled after the export (export before start for
+ * totals).
  *
  * Ownership: @m and @e borrow each other: render @m only while @e exists
  * (stop any server of @m before sluice_engine_free()).
@@ -181,6 +186,33 @@ struct sluice_metrics;
  */
 SLUICE_API SLUICE_NODISCARD int
 sluice_engine_export_metrics(struct sluice_engine *e, struct sluice_metrics *m);
+
+enum sluice_inflight_format {
+	SLUICE_INFLIGHT_TEXT = 0, /* aligned columns, for people */
+	SLUICE_INFLIGHT_JSON = 1,
+};
+
+/**
+ * sluice_engine_inflight() - the flight recorder: one row per message a
+ * worker is running now (id, source, attempt, age since fetch, time left
+ * to its deadline, the worker's stage, worker index; a batch shows its
+ * first 16) and the last 64 failures, newest first (time, id, attempt,
+ * class, error text).  For GET /debug/inflight.
+ * @out: set to new NUL-terminated text (free with
+ *       sluice_engine_free_text()); @len: its length, or NULL.
+ *
+ * Workers are not stopped: each publishes its running unit in a seqlocked
+ * slot the reader copies, so a row is consistent but rows are taken one
+ * worker after the other.  Ages use the engine's clock.
+ * Returns: 0, SLUICE_EINVAL, SLUICE_ENOMEM.
+ * Threads: any thread, while @e exists.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_engine_inflight(struct sluice_engine *e, enum sluice_inflight_format fmt,
+		       char **out, size_t *len);
+
+/** sluice_engine_free_text() - free sluice_engine_inflight()'s text. */
+SLUICE_API void sluice_engine_free_text(char *text);
 
 #ifdef __cplusplus
 }

@@ -289,6 +289,28 @@ sluice_histogram_register(struct sluice_metrics *m, const char *name,
 			  const char *help, const double *bounds,
 			  size_t nbounds, struct sluice_histogram **out);
 
+/*
+ * A callback histogram's state, computed at render time: fill @counts
+ * (nbounds + 1 non-cumulative bucket counts, the last one "+Inf"; zeroed
+ * before the call) and *@sum.  Called like sluice_gauge_fn.
+ */
+typedef void sluice_histogram_fn(void *ud, uint64_t *counts, double *sum);
+
+/**
+ * sluice_histogram_register_fn() - a histogram without labels whose
+ * buckets and sum come from @fn(@ud) on every render: for observations kept
+ * elsewhere (e.g. per-thread arrays a hot path bumps without atomics).
+ * @bounds: as for sluice_histogram_register().
+ * @fn: see sluice_histogram_fn; @ud: borrowed until sluice_metrics_free().
+ *
+ * See "Registration" above; there is no *@out.
+ * Returns: also SLUICE_EINVAL when @fn is NULL.
+ */
+SLUICE_API SLUICE_NODISCARD int
+sluice_histogram_register_fn(struct sluice_metrics *m, const char *name,
+			     const char *help, const double *bounds,
+			     size_t nbounds, sluice_histogram_fn *fn, void *ud);
+
 /**
  * sluice_histogram_family_register() - a histogram with label names ("le"
  * is refused: the rendering uses it); @bounds as for

@@ -15,12 +15,16 @@
 #include <sluice/error.h>
 #include <sluice/framing.h>
 #include <sluice/handler.h>
+#include <sluice/heapprof.h>
 #include <sluice/map.h>
 #include <sluice/metrics.h>
 #include <sluice/msg.h>
 #include <sluice/nsq.h>
+#include <sluice/nsq_producer.h>
+#include <sluice/profile.h>
 #include <sluice/queue.h>
 #include <sluice/stream.h>
+#include <sluice/trace.h>
 #include <sluice/version.h>
 
 #endif /* SLUICE_SLUICE_H */

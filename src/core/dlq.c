@@ -26,6 +26,7 @@
 #include <sluice/dlq.h>
 #include <sluice/error.h>
 
+#include "core/dlq_int.h"
 #include "util/alloc.h"
 
 #define LINE_STACK 4096 /* most records fit; larger ones are allocated */
@@ -323,11 +324,10 @@ write_all(int fd, const char *p, size_t n)
 	return short_write ? SLUICE_EIO : 0;
 }
 
-static int
-file_write(void *self, const char *source, const struct sluice_msg *msg,
-	   const struct sluice_error *why)
+int
+sl_dlq_emit(const char *source, const struct sluice_msg *msg,
+	    const struct sluice_error *why, sl_dlq_sink_fn *sink, void *ctx)
 {
-	struct dlq_file *f = self;
 	char stack[LINE_STACK], *line = stack;
 	struct timespec ts;
 	json_t *obj;
@@ -347,12 +347,28 @@ file_write(void *self, const char *source, const struct sluice_msg *msg,
 		n = line ? dump(obj, line, (size_t)n + 1) : SLUICE_ENOMEM;
 	}
 	json_decref(obj);
-	err = n < 0 ? (int)n : write_all(f->fd, line, (size_t)n);
-	if (!err && f->fsync_each && fdatasync(f->fd) < 0)
-		err = -errno;
+	err = n < 0 ? (int)n : sink(ctx, line, (size_t)n);
 	if (line != stack)
 		sl_free(line);
 	return err;
+}
+
+static int
+file_line(void *ctx, const char *line, size_t len)
+{
+	struct dlq_file *f = ctx;
+	int err = write_all(f->fd, line, len);
+
+	if (!err && f->fsync_each && fdatasync(f->fd) < 0)
+		err = -errno;
+	return err;
+}
+
+static int
+file_write(void *self, const char *source, const struct sluice_msg *msg,
+	   const struct sluice_error *why)
+{
+	return sl_dlq_emit(source, msg, why, file_line, self);
 }
 
 static void

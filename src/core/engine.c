@@ -26,15 +26,32 @@
  * Counters are per worker (written only by their owner: relaxed load+store,
  * no read-modify-write on shared lines) and summed by sluice_engine_stats().
  *
+ * Observability.  Trace probes (obs/trace_int.h) cost one relaxed load each
+ * while no trace records.  Histograms (handler latency, queue wait, fetch
+ * and batch sizes) are per-worker arrays written only by their worker with
+ * relaxed load + store and summed when the metrics render; latencies are
+ * TSC ticks (sl_ticks), converted at render.  The in-flight table is a
+ * per-worker seqlock (fr_*): the worker copies the running unit's message
+ * ids, attempts and times into its slot between two stores of an odd/even
+ * sequence, and a reader copies and retries until the sequence was even
+ * and unchanged.  A seqlock rather than slot_mu, because the worker never
+ * takes slot_mu on the hot path (the claim CAS decides settlement) and so
+ * the lock would not stop it from releasing a message under a reader; the
+ * copy never points into source memory.  The failure ring is a fixed array
+ * of seqlocked entries claimed with fetch_add (failures only).
+ *
  * Lock order: e->mu and a slot_mu are never held together; credit_mu is a
  * leaf.  No user callback runs under e->mu or credit_mu; the dead-letter sink
  * may run under a slot_mu, which only that slot's worker ever waits for.
  */
+#include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 
@@ -42,6 +59,10 @@
 #include <sluice/metrics.h>
 
 #include "core/clock_int.h"
+#include "obs/contention.h"
+#include "obs/pb.h"
+#include "obs/threads.h"
+#include "obs/trace_int.h"
 #include "util/alloc.h"
 
 enum { RUNNING = 0, DRAINING = 1, FINISHED = 2 };
@@ -57,9 +78,52 @@ struct stats_shard {
 		handed_back, dlq_failed, ack_failed, batches, max_batch;
 };
 
+/* Histogram bounds: latencies in seconds (converted to ticks per engine)
+ * and sizes in messages. */
+static const double lat_bounds[] = { 1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05,
+				     0.1,  0.5,  1.0,  5.0,  10.0, 30.0 };
+static const double size_bounds[] = { 1,  2,   4,   8,   16,  32,
+				      64, 128, 256, 512, 1024 };
+#define NLAT  (sizeof(lat_bounds) / sizeof(lat_bounds[0]))
+#define NSIZE (sizeof(size_bounds) / sizeof(size_bounds[0]))
+
+/* One worker's histogram: non-cumulative buckets and the sum (ticks or
+ * messages); written by that worker only (relaxed load + store). */
+struct hist {
+	_Atomic uint64_t b[NLAT + 1];
+	_Atomic uint64_t sum;
+};
+
+/* The in-flight table's slot of one worker; see "Observability" above. */
+#define FR_MAX   16 /* rows kept per unit (a batch shows its first 16) */
+#define ID_WORDS (SLUICE_MSG_ID_MAX / 8)
+struct fr_msg {
+	_Atomic uint64_t id[ID_WORDS];
+	_Atomic uint32_t id_len, attempts;
+};
+struct fr_slot {
+	_Atomic uint64_t seq;     /* odd while the worker writes */
+	_Atomic uint32_t n;       /* messages in the running unit, 0 = none */
+	_Atomic int64_t since_ns; /* engine clock: when they were fetched */
+	_Atomic int64_t deadline; /* engine clock, or SLUICE_FOREVER */
+	struct fr_msg m[FR_MAX];
+};
+
+/* The last failures, newest at fail_head - 1. */
+#define FAIL_RING  64
+#define FAIL_WORDS 16 /* error text kept: 128 bytes */
+struct fail_ent {
+	_Atomic uint64_t seq; /* odd while a settler writes */
+	_Atomic int64_t at_ns;
+	_Atomic uint32_t attempts, cls, id_len, text_len;
+	_Atomic uint64_t id[ID_WORDS];
+	_Atomic uint64_t text[FAIL_WORDS];
+};
+
 /* Everything settle() needs from the thread that settles. */
 struct settler {
 	struct sluice_engine *e;
+	struct worker *w; /* NULL on the watchdog and in stop() */
 	struct stats_shard *st;
 	struct sluice_rng rng;
 	struct sluice_msg **acks; /* pending acks, flushed before release */
@@ -106,7 +170,15 @@ struct worker {
 	struct sluice_msg **buf; /* fetched messages (and batch carry) */
 	size_t bufcap;
 	int64_t *recv_ns;           /* batch mode: receipt time per message */
+	uint64_t *recv_tk;          /* batch mode: the same in ticks */
 	struct sluice_error **errs; /* batch mode outcomes */
+	uint64_t fetch_tk;          /* ticks at the fetch; as fetch_deadline */
+	int64_t fetch_ns; /* engine clock at the fetch; as fetch_deadline */
+
+	/* Observability (owner-written; see the top of the file). */
+	_Atomic(const char *) stage; /* relaxed; static string */
+	struct hist lat, wait, fetched, batch;
+	struct fr_slot fr;
 };
 
 struct sluice_engine {
@@ -159,9 +231,18 @@ struct sluice_engine {
 	struct settler wd; /* the watchdog's settler */
 	struct stats_shard wd_st;
 	struct metric_ud *metric_uds; /* sluice_engine_export_metrics() */
+	struct hist_ud *hist_uds;     /* sluice_engine_export_metrics() */
 	pthread_mutex_t steal_mu;     /* serialises steal_unstarted() callers */
 	struct settler stealer;       /* guarded by steal_mu */
 	struct stats_shard steal_st;
+
+	uint64_t lat_tk[NLAT]; /* lat_bounds in ticks; immutable */
+	double ns_per_tick;    /* immutable */
+	/* sluice_handler_errors_total{class}: set once by export (release),
+	 * bumped on failures only (sharded relaxed add). */
+	_Atomic(struct sluice_counter *) class_ctr[SLUICE_CLASS_COUNT];
+	_Atomic uint64_t fail_head; /* fetch_add by settlers */
+	struct fail_ent fails[FAIL_RING];
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -207,6 +288,243 @@ min_deadline(int64_t a, int64_t b)
 	if (b == SLUICE_FOREVER)
 		return a;
 	return a < b ? a : b;
+}
+
+/* ---- observability helpers ---------------------------------------------- */
+
+static inline void
+set_stage(struct worker *w, const char *stage)
+{
+	sl_thread_set_stage(stage);
+	atomic_store_explicit(&w->stage, stage, memory_order_relaxed);
+}
+
+static inline void
+hist_add(struct hist *h, size_t i, uint64_t v)
+{
+	bump(&h->b[i], 1);
+	bump(&h->sum, v);
+}
+
+static inline void
+observe_ticks(const struct sluice_engine *e, struct hist *h, uint64_t tk)
+{
+	size_t i = 0;
+
+	while (i < NLAT && tk > e->lat_tk[i])
+		i++;
+	hist_add(h, i, tk);
+}
+
+static inline void
+observe_size(struct hist *h, uint64_t n)
+{
+	size_t i = 0;
+
+	while (i < NSIZE && (double)n > size_bounds[i])
+		i++;
+	hist_add(h, i, n);
+}
+
+/* Copy @len (<= 8 * @nwords) bytes into / out of relaxed atomic words.
+ * Word by word with fixed-size copies: on the hot path (ids) a library
+ * memcpy of variable length cost more than the rest of the slot. */
+static inline void
+words_put(_Atomic uint64_t *dst, size_t nwords, const void *src, size_t len)
+{
+	const unsigned char *p = src;
+	uint64_t v;
+	size_t i, k;
+
+	if (len > nwords * 8)
+		len = nwords * 8;
+	for (i = 0; i + 8 <= len; i += 8) {
+		memcpy(&v, p + i, 8);
+		atomic_store_explicit(&dst[i / 8], v, memory_order_relaxed);
+	}
+	if (i < len) {
+		v = 0;
+		for (k = 0; i + k < len; k++)
+			v |= (uint64_t)p[i + k] << (8 * k);
+		atomic_store_explicit(&dst[i / 8], v, memory_order_relaxed);
+	}
+}
+
+static void
+words_get(void *dst, const _Atomic uint64_t *src, size_t nwords, size_t len)
+{
+	unsigned char *p = dst;
+	uint64_t v;
+	size_t i, k;
+
+	if (len > nwords * 8)
+		len = nwords * 8;
+	for (i = 0; i + 8 <= len; i += 8) {
+		v = atomic_load_explicit(&src[i / 8], memory_order_relaxed);
+		memcpy(p + i, &v, 8);
+	}
+	if (i < len) {
+		v = atomic_load_explicit(&src[i / 8], memory_order_relaxed);
+		for (k = 0; i + k < len; k++)
+			p[i + k] = (unsigned char)(v >> (8 * k));
+	}
+}
+
+/* Publish the unit @w now runs in its in-flight slot (owner only). */
+static inline void
+fr_publish(struct worker *w, struct sluice_msg *const *msgs, size_t n,
+	   int64_t since_ns, int64_t deadline)
+{
+	struct fr_slot *f = &w->fr;
+	uint64_t seq = atomic_load_explicit(&f->seq, memory_order_relaxed);
+	size_t i;
+
+	atomic_store_explicit(&f->seq, seq + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	atomic_store_explicit(&f->n, (uint32_t)n, memory_order_relaxed);
+	atomic_store_explicit(&f->since_ns, since_ns, memory_order_relaxed);
+	atomic_store_explicit(&f->deadline, deadline, memory_order_relaxed);
+	for (i = 0; i < n && i < FR_MAX; i++) {
+		words_put(f->m[i].id, ID_WORDS, msgs[i]->id, msgs[i]->id_len);
+		atomic_store_explicit(&f->m[i].id_len, msgs[i]->id_len,
+				      memory_order_relaxed);
+		atomic_store_explicit(&f->m[i].attempts, msgs[i]->attempts,
+				      memory_order_relaxed);
+	}
+	atomic_store_explicit(&f->seq, seq + 2, memory_order_release);
+}
+
+static void
+fr_clear(struct worker *w)
+{
+	struct fr_slot *f = &w->fr;
+	uint64_t seq = atomic_load_explicit(&f->seq, memory_order_relaxed);
+
+	atomic_store_explicit(&f->seq, seq + 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_release);
+	atomic_store_explicit(&f->n, 0, memory_order_relaxed);
+	atomic_store_explicit(&f->seq, seq + 2, memory_order_release);
+}
+
+/* A failed settlement: the class counter and the failure ring. */
+static void
+note_failure(struct sluice_engine *e, const struct sluice_msg *m,
+	     enum sluice_class cls, const struct sluice_error *err)
+{
+	struct sluice_counter *c =
+		atomic_load_explicit(&e->class_ctr[cls], memory_order_acquire);
+	uint64_t i = atomic_fetch_add_explicit(&e->fail_head, 1,
+					       memory_order_relaxed);
+	struct fail_ent *f = &e->fails[i % FAIL_RING];
+	uint64_t seq = atomic_load_explicit(&f->seq, memory_order_relaxed);
+	const char *text = sluice_error_msg(err);
+	size_t tlen = text ? strlen(text) : 0;
+
+	if (c)
+		sluice_counter_inc(c);
+	/* Another settler still writing this entry (64 failures later):
+	 * let it finish; this failure is only counted. */
+	if ((seq & 1) || !atomic_compare_exchange_strong_explicit(
+				 &f->seq, &seq, seq + 1, memory_order_relaxed,
+				 memory_order_relaxed))
+		return;
+	atomic_thread_fence(memory_order_release);
+	if (tlen > FAIL_WORDS * 8)
+		tlen = FAIL_WORDS * 8;
+	atomic_store_explicit(&f->at_ns, now_ns(e), memory_order_relaxed);
+	atomic_store_explicit(&f->attempts, m->attempts, memory_order_relaxed);
+	atomic_store_explicit(&f->cls, (uint32_t)cls, memory_order_relaxed);
+	atomic_store_explicit(&f->id_len, m->id_len, memory_order_relaxed);
+	atomic_store_explicit(&f->text_len, (uint32_t)tlen,
+			      memory_order_relaxed);
+	words_put(f->id, ID_WORDS, m->id, m->id_len);
+	if (tlen)
+		words_put(f->text, FAIL_WORDS, text, tlen);
+	atomic_store_explicit(&f->seq, seq + 2, memory_order_release);
+}
+
+/* A delivery's id in traces: unique among the deliveries in flight (the
+ * source keeps a message's memory until release) and, through the lease
+ * and attempt, across redeliveries. */
+static inline uint64_t
+jid(const struct sluice_msg *m)
+{
+	uint64_t x = (uint64_t)(uintptr_t)m ^
+		     (m->lease * 0x9e3779b97f4a7c15ull) ^
+		     ((uint64_t)m->attempts << 48);
+
+	return x ? x : 1;
+}
+
+/* Fetched: the flow to the handler starts and the journey begins. */
+static void
+tr_received(struct sluice_msg *const *msgs, size_t n)
+{
+	size_t i;
+
+	if (!sl_trace_active())
+		return;
+	for (i = 0; i < n; i++) {
+		uint64_t id = jid(msgs[i]);
+
+		sl_tr_flow_out("handoff", id);
+		sl_tr_async_begin("message", id, "attempt", msgs[i]->attempts);
+		sl_tr_async_begin("queued", id, NULL, 0);
+	}
+}
+
+/* Leaves the queued state: to a handler (@started) or settled unstarted. */
+static void
+tr_dequeued(struct sluice_msg *const *msgs, size_t n, bool started)
+{
+	size_t i;
+
+	if (!sl_trace_active())
+		return;
+	for (i = 0; i < n; i++) {
+		uint64_t id = jid(msgs[i]);
+
+		sl_tr_async_end("queued", id);
+		if (started) {
+			sl_tr_flow_in("handoff", id);
+			sl_tr_async_begin("handler", id, NULL, 0);
+		}
+	}
+}
+
+static void
+tr_handled(struct sluice_msg *const *msgs, size_t n)
+{
+	size_t i;
+
+	if (!sl_trace_active())
+		return;
+	for (i = 0; i < n; i++)
+		sl_tr_async_end("handler", jid(msgs[i]));
+}
+
+/* The settlement, a zero-length span inside the journey. */
+static inline void
+tr_outcome(const char *what, const struct sluice_msg *m)
+{
+	if (sl_trace_active()) {
+		sl_tr_async_begin(what, jid(m), NULL, 0);
+		sl_tr_async_end(what, jid(m));
+	}
+}
+
+static void tr_counters(struct sluice_engine *e);
+
+static void
+tr_released(struct sluice_engine *e, struct sluice_msg *const *msgs, size_t n)
+{
+	size_t i;
+
+	if (!sl_trace_active())
+		return;
+	for (i = 0; i < n; i++)
+		sl_tr_async_end("message", jid(msgs[i]));
+	tr_counters(e);
 }
 
 static uint64_t
@@ -289,8 +607,14 @@ credit_wait(struct sluice_engine *e)
 	 * this sees the credit it returned. */
 	atomic_fetch_add(&e->credit_waiters, 1);
 	if (atomic_load(&e->held) >= e->max_in_flight &&
-	    atomic_load_explicit(&e->phase, memory_order_acquire) == RUNNING)
+	    atomic_load_explicit(&e->phase, memory_order_acquire) == RUNNING) {
+		int64_t t0 = sl_block_begin();
+
+		sl_tr_begin("credit-wait");
 		pthread_cond_wait(&e->credit_cv, &e->credit_mu);
+		sl_tr_end("credit-wait");
+		sl_block_end(t0);
+	}
 	atomic_fetch_sub_explicit(&e->credit_waiters, 1, memory_order_acq_rel);
 	pthread_mutex_unlock(&e->credit_mu);
 }
@@ -305,7 +629,11 @@ flush_acks(struct settler *s)
 
 	if (s->nacks == 0)
 		return;
+	if (s->w)
+		set_stage(s->w, "ack");
+	sl_tr_begin_arg("ack", "n", (uint32_t)s->nacks);
 	refused = e->src.ops->ack(e->src.self, s->acks, s->nacks);
+	sl_tr_end("ack");
 	if (refused > 0)
 		bump(&s->st->ack_failed, (uint64_t)refused);
 	else if (refused < 0)
@@ -327,8 +655,13 @@ requeue(struct settler *s, struct sluice_msg *m, int64_t delay_ns,
 {
 	struct sluice_engine *e = s->e;
 
+	if (s->w)
+		set_stage(s->w, "requeue");
+	sl_tr_begin_arg("requeue", "delay_ms",
+			(uint32_t)(delay_ns / SLUICE_NS_PER_MS));
 	if (e->src.ops->requeue(e->src.self, m, delay_ns, count_attempt) < 0)
 		bump(&s->st->ack_failed, 1);
+	sl_tr_end("requeue");
 	bump(&s->st->requeued, 1);
 }
 
@@ -336,6 +669,7 @@ requeue(struct settler *s, struct sluice_msg *m, int64_t delay_ns,
 static void
 hand_back(struct settler *s, struct sluice_msg *m)
 {
+	tr_outcome("hand-back", m);
 	requeue(s, m, 0, false);
 	bump(&s->st->handed_back, 1);
 }
@@ -345,9 +679,17 @@ dead_letter(struct settler *s, struct sluice_msg *m,
 	    const struct sluice_error *why)
 {
 	struct sluice_engine *e = s->e;
+	int rc = -1;
 
-	if (e->has_dlq &&
-	    e->dlq.ops->write(e->dlq.self, e->src.ops->name, m, why) == 0) {
+	tr_outcome("dead-letter", m);
+	if (e->has_dlq) {
+		if (s->w)
+			set_stage(s->w, "dead-letter");
+		sl_tr_begin("dead-letter");
+		rc = e->dlq.ops->write(e->dlq.self, e->src.ops->name, m, why);
+		sl_tr_end("dead-letter");
+	}
+	if (rc == 0) {
 		queue_ack(s, m);
 		bump(&s->st->dead_lettered, 1);
 		return;
@@ -369,8 +711,11 @@ settle(struct settler *s, struct sluice_msg *m, const struct sluice_error *err)
 	enum sluice_class cls = sluice_error_class(err);
 	struct sluice_error *why;
 
+	if (cls != SLUICE_CLASS_OK)
+		note_failure(e, m, cls, err);
 	switch (cls) {
 	case SLUICE_CLASS_OK:
+		tr_outcome("ack", m);
 		queue_ack(s, m);
 		bump(&s->st->handled, 1);
 		return;
@@ -391,6 +736,7 @@ settle(struct settler *s, struct sluice_msg *m, const struct sluice_error *err)
 		break;
 	}
 	if (sluice_backoff_should_retry(&e->cfg.retry, cls, m->attempts)) {
+		tr_outcome("retry", m);
 		requeue(s, m,
 			sluice_backoff_retry_delay_ns(
 				&e->cfg.retry, m->attempts, err, &s->rng),
@@ -468,6 +814,7 @@ unit_expire(struct sluice_engine *e, struct worker *w, uint64_t gen,
 	}
 	/* Settle first, cancel second: by the time the handler sees its
 	 * context done, its messages are already back with the source. */
+	sl_tr_begin_arg(interrupt ? "interrupt" : "expire", "worker", w->index);
 	if (interrupt) {
 		for (i = 0; i < w->unit_n; i++)
 			hand_back(&e->wd, w->unit_msgs[i]);
@@ -478,6 +825,7 @@ unit_expire(struct sluice_engine *e, struct worker *w, uint64_t gen,
 		sluice_error_free(err);
 	}
 	flush_acks(&e->wd);
+	sl_tr_end(interrupt ? "interrupt" : "expire");
 	sluice_ctx_cancel_gen(&w->ctx, gen,
 			      interrupt ? SLUICE_CANCEL_SHUTDOWN
 					: SLUICE_CANCEL_DEADLINE);
@@ -493,6 +841,7 @@ release_all(struct worker *w, struct sluice_msg **msgs, size_t n)
 	flush_acks(&w->s);
 	if (n == 0)
 		return;
+	tr_released(e, msgs, n);
 	e->src.ops->release(e->src.self, msgs, n);
 	credit_give(e, n);
 }
@@ -541,22 +890,42 @@ expire_unstarted(struct worker *w, struct sluice_msg *m)
 {
 	struct sluice_error *err = timeout_error(w->e);
 
+	tr_dequeued(&m, 1, false);
 	bump(&w->st.expired_waiting, 1);
 	settle(&w->s, m, err);
 	sluice_error_free(err);
 }
 
-/* Run one message as a unit on @w; *@slot must stay put until it returns.
- * Returns whether its deadline had passed when it finished. */
+/*
+ * Run one message as a unit on @w; *@slot must stay put until it returns.
+ * Returns whether its deadline had passed when it finished.
+ * *@tk: in, the ticks when this message starts (the caller's last reading:
+ * the fetch, or the previous message's end, so a run of messages reads
+ * the TSC once per message); out, the ticks when its handler returned.
+ */
 static bool
-run_message(struct worker *w, struct sluice_msg *const *slot, int64_t deadline)
+run_message(struct worker *w, struct sluice_msg *const *slot, int64_t deadline,
+	    uint64_t fetch_tk, int64_t fetch_ns, uint64_t *tk)
 {
 	struct sluice_engine *e = w->e;
-	uint64_t gen = unit_begin(w, slot, 1, deadline);
+	uint64_t gen = unit_begin(w, slot, 1, deadline), t0 = *tk, t1;
 	struct sluice_error *err;
+	bool late;
 
+	fr_publish(w, slot, 1, fetch_ns, deadline);
+	set_stage(w, "handler");
+	sl_tr_begin_arg("handler", "attempt", (*slot)->attempts);
+	tr_dequeued(slot, 1, true);
 	err = e->handler.fn(e->handler.ud, &w->ctx, *slot);
-	return finish_unit(w, gen, slot, 1, err, NULL, deadline);
+	t1 = sl_ticks();
+	*tk = t1;
+	tr_handled(slot, 1);
+	sl_tr_end("handler");
+	observe_ticks(e, &w->lat, t1 - t0);
+	observe_ticks(e, &w->wait, t0 > fetch_tk ? t0 - fetch_tk : 0);
+	late = finish_unit(w, gen, slot, 1, err, NULL, deadline);
+	fr_clear(w);
+	return late;
 }
 
 /* Leave the current fetch: take back to IDLE unless a drain stole it. */
@@ -585,12 +954,17 @@ run_fetched(struct worker *w, size_t got)
 	const int64_t timeout = e->cfg.timeout_ns;
 	size_t expect = TAKE_IDLE, i;
 	bool late = false;
+	uint64_t tk;
 
 	atomic_store_explicit(&w->avail, got, memory_order_relaxed);
-	w->fetch_deadline = timeout > 0 ? now_ns(e) + timeout : SLUICE_FOREVER;
+	w->fetch_ns = now_ns(e);
+	w->fetch_tk = tk = sl_ticks();
+	w->fetch_deadline =
+		timeout > 0 ? w->fetch_ns + timeout : SLUICE_FOREVER;
 	w->nown = 0;
 	if (!atomic_compare_exchange_strong(&w->take, &expect, 0)) {
 		/* A drain began while we fetched: give it all back. */
+		tr_dequeued(w->buf, got, false);
 		for (i = 0; i < got; i++)
 			hand_back(&w->s, w->buf[i]);
 		release_all(w, w->buf, got);
@@ -608,7 +982,8 @@ run_fetched(struct worker *w, size_t got)
 		if (late)
 			expire_unstarted(w, w->buf[i]);
 		else
-			late = run_message(w, &w->buf[i], w->fetch_deadline);
+			late = run_message(w, &w->buf[i], w->fetch_deadline,
+					   w->fetch_tk, w->fetch_ns, &tk);
 	}
 	close_fetch(w);
 	release_all(w, w->own, w->nown);
@@ -624,7 +999,8 @@ steal_one(struct worker *w)
 {
 	struct sluice_engine *e = w->e;
 	struct sluice_msg *m = NULL;
-	int64_t deadline = SLUICE_FOREVER;
+	int64_t deadline = SLUICE_FOREVER, fetch_ns = 0;
+	uint64_t fetch_tk = 0, tk;
 	unsigned k;
 
 	for (k = 1; k < e->nworkers && !m; k++) {
@@ -650,6 +1026,8 @@ steal_one(struct worker *w)
 			if (i < avail) {
 				m = s->buf[i];
 				deadline = s->fetch_deadline;
+				fetch_tk = s->fetch_tk;
+				fetch_ns = s->fetch_ns;
 			}
 		}
 		pthread_mutex_unlock(&s->slot_mu);
@@ -657,11 +1035,16 @@ steal_one(struct worker *w)
 	if (!m)
 		return false;
 	w->stolen = m;
-	if (past(e, deadline))
+	sl_tr_begin("steal");
+	if (past(e, deadline)) {
 		expire_unstarted(w, m);
-	else
-		(void)run_message(w, &w->stolen, deadline);
+	} else {
+		tk = sl_ticks();
+		(void)run_message(w, &w->stolen, deadline, fetch_tk, fetch_ns,
+				  &tk);
+	}
 	release_all(w, &w->stolen, 1);
+	sl_tr_end("steal");
 	return true;
 }
 
@@ -683,10 +1066,15 @@ park(struct worker *w)
 		parked = false;
 	} else if (is_running(e) && !atomic_load(&e->source_closed)) {
 		unsigned kick = e->idle_kicks;
+		int64_t t0 = sl_block_begin();
 
 		atomic_store(&e->nparked, ++e->parked);
+		set_stage(w, "idle");
+		sl_tr_begin("park");
 		while (e->idle_kicks == kick)
 			pthread_cond_wait(&e->idle_cv, &e->idle_mu);
+		sl_tr_end("park");
+		sl_block_end(t0);
 		atomic_store(&e->nparked, --e->parked);
 	}
 	pthread_mutex_unlock(&e->idle_mu);
@@ -744,6 +1132,7 @@ fetch_or_wait(struct worker *w, struct sluice_msg **into, size_t *credit,
 	int got;
 
 	atomic_store_explicit(&w->fetching, *credit, memory_order_relaxed);
+	set_stage(w, "fetch");
 	got = e->src.ops->fetch(e->src.self, into, *credit, 0);
 	if ((size_t)got == *credit && atomic_load(&e->nparked)) {
 		/* It took all it asked for, so more may be waiting, and
@@ -758,13 +1147,20 @@ fetch_or_wait(struct worker *w, struct sluice_msg **into, size_t *credit,
 		*credit = 1;
 		atomic_store_explicit(&w->fetching, 1, memory_order_relaxed);
 		if (!(may_steal && steal_one(w)) && !park(w)) {
+			set_stage(w, "idle");
+			sl_tr_begin("wait-source");
 			got = e->src.ops->fetch(e->src.self, into, 1,
 						SLUICE_FOREVER);
+			sl_tr_end("wait-source");
 			unlead(e);
 		}
 		atomic_fetch_sub(&e->idle_fetchers, 1);
 	}
 	atomic_store_explicit(&w->fetching, 0, memory_order_relaxed);
+	if (got > 0) {
+		observe_size(&w->fetched, (uint64_t)got);
+		tr_received(into, (size_t)got);
+	}
 	return got;
 }
 
@@ -783,12 +1179,18 @@ work_concurrent(struct worker *w)
 	while (is_running(e)) {
 		credit = credit_take(e, e->fetch_cap);
 		if (credit == 0) {
-			if (!steal_one(w))
+			if (!steal_one(w)) {
+				set_stage(w, "idle");
 				credit_wait(e);
+			}
 			continue;
 		}
+		sl_tr_begin_arg("fetch", "max", (uint32_t)credit);
 		got = fetch_or_wait(w, w->buf, &credit, true);
+		sl_tr_end("fetch");
 		credit_give(e, got > 0 ? credit - (size_t)got : credit);
+		if (got > 0)
+			tr_counters(e);
 		if (got == SLUICE_ECLOSED) {
 			atomic_store(&e->source_closed, true);
 			kick_parked(e);
@@ -820,8 +1222,10 @@ steal_unstarted(struct sluice_engine *e)
 		avail = atomic_load_explicit(&w->avail, memory_order_relaxed);
 		if (old < avail) {
 			/* Never started, so no handler reads them. */
+			tr_dequeued(w->buf + old, avail - old, false);
 			for (i = old; i < avail; i++)
 				hand_back(&e->stealer, w->buf[i]);
+			tr_released(e, w->buf + old, avail - old);
 			e->src.ops->release(e->src.self, w->buf + old,
 					    avail - old);
 			credit_give(e, avail - old);
@@ -845,14 +1249,17 @@ flush_batch(struct worker *w, size_t n)
 	const int64_t timeout = e->cfg.timeout_ns;
 	struct sluice_msg **run = w->buf + w->bufcap; /* second half */
 	int64_t deadline = SLUICE_FOREVER, now = 0;
+	const uint64_t tk_now = sl_ticks();
 	struct sluice_error *berr;
 	size_t i, nrun = 0;
-	uint64_t gen;
+	uint64_t gen, t0, t1;
 
+	sl_tr_begin_arg("batch", "n", (uint32_t)n);
 	if (timeout > 0)
 		now = now_ns(e);
 	for (i = 0; i < n; i++) {
 		if (!is_running(e)) {
+			tr_dequeued(&w->buf[i], 1, false);
 			hand_back(&w->s, w->buf[i]);
 			continue;
 		}
@@ -865,21 +1272,36 @@ flush_batch(struct worker *w, size_t n)
 			}
 			deadline = min_deadline(deadline, dl);
 		}
+		observe_ticks(e, &w->wait,
+			      tk_now > w->recv_tk[i] ? tk_now - w->recv_tk[i]
+						     : 0);
 		run[nrun++] = w->buf[i];
 	}
 	if (nrun > 0) {
 		memset(w->errs, 0, nrun * sizeof(*w->errs));
 		gen = unit_begin(w, run, nrun, deadline);
+		fr_publish(w, run, nrun, w->recv_ns[0], deadline);
+		set_stage(w, "handler");
+		sl_tr_begin_arg("handler", "n", (uint32_t)nrun);
+		tr_dequeued(run, nrun, true);
+		t0 = sl_ticks();
 		berr = e->batch.fn(e->batch.ud, &w->ctx,
 				   (const struct sluice_msg *const *)run, nrun,
 				   w->errs);
+		t1 = sl_ticks();
+		tr_handled(run, nrun);
+		sl_tr_end("handler");
+		observe_ticks(e, &w->lat, t1 - t0);
+		observe_size(&w->batch, nrun);
 		(void)finish_unit(w, gen, run, nrun, berr, w->errs, deadline);
+		fr_clear(w);
 		for (i = 0; i < nrun; i++)
 			sluice_error_free(w->errs[i]);
 		bump(&w->st.batches, 1);
 		raise_max(&w->st.max_batch, nrun);
 	}
 	release_all(w, w->buf, n);
+	sl_tr_end("batch");
 }
 
 /* Index of the first message in buf[from..to) that would push @bytes past
@@ -922,6 +1344,8 @@ flush_due(struct worker *w, size_t *len, int64_t *first, int64_t now)
 		memmove(w->buf, w->buf + cut, *len * sizeof(*w->buf));
 		memmove(w->recv_ns, w->recv_ns + cut,
 			*len * sizeof(*w->recv_ns));
+		memmove(w->recv_tk, w->recv_tk + cut,
+			*len * sizeof(*w->recv_tk));
 		*first = *len ? w->recv_ns[0] : 0;
 	}
 }
@@ -947,13 +1371,22 @@ work_batch(struct worker *w)
 			continue;
 		}
 		if (len == 0) {
+			sl_tr_begin_arg("fetch", "max", (uint32_t)credit);
 			got = fetch_or_wait(w, w->buf, &credit, false);
+			sl_tr_end("fetch");
 		} else {
 			atomic_store_explicit(&w->fetching, credit,
 					      memory_order_relaxed);
+			set_stage(w, "fetch");
+			sl_tr_begin_arg("fetch", "max", (uint32_t)credit);
 			got = e->src.ops->fetch(e->src.self, w->buf + len,
 						credit,
 						first + e->cfg.batch_wait_ns);
+			if (got > 0) {
+				observe_size(&w->fetched, (uint64_t)got);
+				tr_received(w->buf + len, (size_t)got);
+			}
+			sl_tr_end("fetch");
 			atomic_store_explicit(&w->fetching, 0,
 					      memory_order_relaxed);
 		}
@@ -967,12 +1400,17 @@ work_batch(struct worker *w)
 			got = 0;
 		now = now_ns(e);
 		if (got > 0) {
+			uint64_t tk = sl_ticks();
+
 			bump(&w->st.delivered, (uint64_t)got);
 			if (len == 0)
 				first = now;
-			for (i = len; i < len + (size_t)got; i++)
+			for (i = len; i < len + (size_t)got; i++) {
 				w->recv_ns[i] = now;
+				w->recv_tk[i] = tk;
+			}
 			len += (size_t)got;
+			tr_counters(e);
 		}
 		if (is_running(e))
 			flush_due(w, &len, &first, now);
@@ -983,6 +1421,7 @@ work_batch(struct worker *w)
 		if (is_running(e)) {
 			flush_batch(w, len);
 		} else {
+			tr_dequeued(w->buf, len, false);
 			for (i = 0; i < len; i++)
 				hand_back(&w->s, w->buf[i]);
 			release_all(w, w->buf, len);
@@ -997,12 +1436,16 @@ worker_main(void *arg)
 {
 	struct worker *w = arg;
 	struct sluice_engine *e = w->e;
+	char name[32];
 
+	snprintf(name, sizeof(name), "sluice-worker-%u", w->index);
+	sluice_trace_set_thread_name(name);
 	if (e->cfg.mode == SLUICE_MODE_BATCH)
 		work_batch(w);
 	else
 		work_concurrent(w);
 	flush_acks(&w->s);
+	set_stage(w, NULL);
 	pthread_mutex_lock(&e->mu);
 	e->live_workers--;
 	pthread_cond_broadcast(&e->cv);
@@ -1078,6 +1521,7 @@ watchdog_main(void *arg)
 
 	unsigned seq;
 
+	sluice_trace_set_thread_name("sluice-watchdog");
 	pthread_mutex_lock(&e->mu);
 	while (e->live_workers > 0) {
 		seq = e->stop_seq;
@@ -1149,6 +1593,7 @@ worker_free(struct worker *w)
 	sl_free(w->buf);
 	sl_free(w->own);
 	sl_free(w->recv_ns);
+	sl_free(w->recv_tk);
 	sl_free(w->errs);
 	sl_free(w->s.acks);
 	sl_free(w);
@@ -1180,10 +1625,12 @@ worker_new(struct sluice_engine *e, unsigned index, uint64_t seed)
 	w->s.acks = sl_calloc(cap, sizeof(*w->s.acks));
 	if (e->cfg.mode == SLUICE_MODE_BATCH) {
 		w->recv_ns = sl_calloc(cap, sizeof(*w->recv_ns));
+		w->recv_tk = sl_calloc(cap, sizeof(*w->recv_tk));
 		w->errs = sl_calloc(cap, sizeof(*w->errs));
 	}
 	if (!w->buf || !w->s.acks ||
-	    (e->cfg.mode == SLUICE_MODE_BATCH && (!w->recv_ns || !w->errs))) {
+	    (e->cfg.mode == SLUICE_MODE_BATCH &&
+	     (!w->recv_ns || !w->recv_tk || !w->errs))) {
 		worker_free(w);
 		return NULL;
 	}
@@ -1194,6 +1641,7 @@ worker_new(struct sluice_engine *e, unsigned index, uint64_t seed)
 		return NULL;
 	}
 	w->s.e = e;
+	w->s.w = w;
 	w->s.st = &w->st;
 	w->s.acks_cap = cap;
 	sluice_rng_seed(&w->s.rng, seed + index + 1);
@@ -1243,6 +1691,9 @@ sluice_engine_new(const struct sluice_engine_config *cfg,
 	if (e->fetch_cap > e->max_in_flight)
 		e->fetch_cap = e->max_in_flight;
 	seed = cfg->seed ? cfg->seed : random_seed();
+	e->ns_per_tick = sl_ticks_ns_per_tick();
+	for (i = 0; i < NLAT; i++)
+		e->lat_tk[i] = (uint64_t)(lat_bounds[i] * 1e9 / e->ns_per_tick);
 
 	err = SLUICE_ENOMEM;
 	if (sluice_ctx_init(&e->root, e->clock, SLUICE_FOREVER) != 0)
@@ -1324,15 +1775,16 @@ sluice_engine_start(struct sluice_engine *e)
 		return SLUICE_ESTATE;
 	}
 	for (i = 0; i < e->nworkers; i++) {
-		err = pthread_create(&e->workers[i]->thread, NULL, worker_main,
-				     e->workers[i]);
+		err = sl_thread_create(&e->workers[i]->thread, "sluice-worker",
+				       worker_main, e->workers[i]);
 		if (err)
 			break;
 		e->workers[i]->started = true;
 		e->live_workers++;
 	}
 	if (i == e->nworkers) {
-		err = pthread_create(&e->watchdog, NULL, watchdog_main, e);
+		err = sl_thread_create(&e->watchdog, "sluice-watchdog",
+				       watchdog_main, e);
 		if (!err)
 			e->watchdog_started = true;
 	}
@@ -1440,6 +1892,7 @@ sluice_engine_free(struct sluice_engine *e)
 	sl_free(e->workers);
 	sl_free(e->wd.acks);
 	sl_free(e->metric_uds);
+	sl_free(e->hist_uds);
 	pthread_cond_destroy(&e->idle_cv);
 	pthread_mutex_destroy(&e->idle_mu);
 	pthread_mutex_destroy(&e->steal_mu);
@@ -1500,6 +1953,32 @@ sluice_engine_stats(struct sluice_engine *e, struct sluice_engine_stats *out)
 	out->held = out->credit > fetching ? out->credit - fetching : 0;
 	out->max_held = atomic_load(&e->max_held);
 	out->max_in_flight = e->max_in_flight;
+}
+
+/* Trace counters: credit, held and running units (only while tracing). */
+static void
+tr_counters(struct sluice_engine *e)
+{
+	struct sluice_engine_stats st;
+	size_t fetching = 0;
+	unsigned i;
+	int64_t running = 0;
+
+	if (!sl_trace_active())
+		return;
+	for (i = 0; i < e->nworkers; i++) {
+		fetching += atomic_load_explicit(&e->workers[i]->fetching,
+						 memory_order_relaxed);
+		if (atomic_load_explicit(&e->workers[i]->claim,
+					 memory_order_relaxed))
+			running++;
+	}
+	st.credit = atomic_load_explicit(&e->held, memory_order_relaxed);
+	sl_tr_counter("credit", (int64_t)st.credit);
+	sl_tr_counter(
+		"held",
+		(int64_t)(st.credit > fetching ? st.credit - fetching : 0));
+	sl_tr_counter("running", running);
 }
 
 /* ---- metrics ------------------------------------------------------------- */
@@ -1568,6 +2047,120 @@ read_stat(void *ud)
 	return (double)v;
 }
 
+/* Which per-worker histogram an exported one sums. */
+struct hist_ud {
+	struct sluice_engine *e;
+	size_t off;   /* of a struct hist in struct worker */
+	double scale; /* to the exported unit: seconds per tick, or 1 */
+};
+
+static void
+read_hist(void *ud, uint64_t *counts, double *sum)
+{
+	const struct hist_ud *h = ud;
+	uint64_t total = 0;
+	unsigned i;
+	size_t k, nb = h->scale == 1.0 ? NSIZE : NLAT;
+
+	for (i = 0; i < h->e->nworkers; i++) {
+		const struct hist *src =
+			(const struct hist
+				 *)(const void *)((const char *)
+							  h->e->workers[i] +
+						  h->off);
+
+		for (k = 0; k <= nb; k++)
+			counts[k] += atomic_load_explicit(&src->b[k],
+							  memory_order_relaxed);
+		total += atomic_load_explicit(&src->sum, memory_order_relaxed);
+	}
+	*sum = (double)total * h->scale;
+}
+
+/* Workers doing something other than waiting for work. */
+static double
+read_busy(void *ud)
+{
+	struct sluice_engine *e = ud;
+	unsigned i, n = 0;
+
+	for (i = 0; i < e->nworkers; i++) {
+		const char *st = atomic_load_explicit(&e->workers[i]->stage,
+						      memory_order_relaxed);
+
+		if (st && strcmp(st, "idle") != 0)
+			n++;
+	}
+	return n;
+}
+
+static int
+export_extra(struct sluice_engine *e, struct sluice_metrics *m)
+{
+	static const char *const classes[SLUICE_CLASS_COUNT] = {
+		NULL, "timeout", "temporary", "permanent", "canceled"
+	};
+	static const char *const cls_label[] = { "class" };
+	static const struct {
+		const char *name, *help;
+		size_t off;
+		bool ticks;
+	} hists[] = {
+		{ "sluice_handler_latency_seconds",
+		  "Handler (or batch handler) run time.",
+		  offsetof(struct worker, lat), true },
+		{ "sluice_queue_wait_seconds",
+		  "Time from fetch to handler start, per message.",
+		  offsetof(struct worker, wait), true },
+		{ "sluice_fetch_size_messages", "Messages per fetch.",
+		  offsetof(struct worker, fetched), false },
+		{ "sluice_batch_size_messages",
+		  "Messages per batch handler call.",
+		  offsetof(struct worker, batch), false },
+	};
+	struct sluice_counter_family *fam;
+	struct sluice_counter *c;
+	struct hist_ud *hu;
+	size_t i;
+	int rc;
+
+	hu = sl_calloc(sizeof(hists) / sizeof(hists[0]), sizeof(*hu));
+	if (!hu)
+		return SLUICE_ENOMEM;
+	e->hist_uds = hu;
+	for (i = 0; i < sizeof(hists) / sizeof(hists[0]); i++) {
+		hu[i].e = e;
+		hu[i].off = hists[i].off;
+		hu[i].scale = hists[i].ticks ? e->ns_per_tick / 1e9 : 1.0;
+		rc = sluice_histogram_register_fn(
+			m, hists[i].name, hists[i].help,
+			hists[i].ticks ? lat_bounds : size_bounds,
+			hists[i].ticks ? NLAT : NSIZE, read_hist, &hu[i]);
+		if (rc)
+			return rc;
+	}
+	rc = sluice_gauge_register_fn(m, "sluice_workers_busy",
+				      "Workers not waiting for work.",
+				      read_busy, e);
+	if (rc)
+		return rc;
+	rc = sluice_counter_family_register(
+		m, "sluice_handler_errors_total",
+		"Failed settlements by error class (counted from export on).",
+		cls_label, 1, &fam);
+	if (rc)
+		return rc;
+	for (i = 1; i < SLUICE_CLASS_COUNT; i++) {
+		rc = sluice_counter_with(fam, &c, classes[i],
+					 SLUICE_LABELS_END);
+		if (rc)
+			return rc;
+		atomic_store_explicit(&e->class_ctr[i], c,
+				      memory_order_release);
+	}
+	return 0;
+}
+
 int
 sluice_engine_export_metrics(struct sluice_engine *e, struct sluice_metrics *m)
 {
@@ -1592,5 +2185,252 @@ sluice_engine_export_metrics(struct sluice_engine *e, struct sluice_metrics *m)
 		if (rc)
 			return rc;
 	}
+	return export_extra(e, m);
+}
+
+/* ---- the flight recorder ------------------------------------------------ */
+
+struct fr_row {
+	unsigned worker;
+	const char *stage;
+	uint32_t attempts, id_len, n;
+	int64_t since_ns, deadline;
+	char id[SLUICE_MSG_ID_MAX];
+};
+
+/* Copy worker @w's slot; returns the rows (0 when it runs nothing). */
+static size_t
+fr_read(const struct worker *w, struct fr_row *rows)
+{
+	const struct fr_slot *f = &w->fr;
+	uint64_t s1, s2;
+	size_t i, n = 0;
+
+	do {
+		s1 = atomic_load_explicit(&f->seq, memory_order_acquire);
+		if (s1 & 1) {
+			sched_yield();
+			s2 = s1 + 1;
+			continue;
+		}
+		n = atomic_load_explicit(&f->n, memory_order_relaxed);
+		for (i = 0; i < n && i < FR_MAX; i++) {
+			rows[i].n = (uint32_t)n;
+			rows[i].worker = w->index;
+			rows[i].since_ns = atomic_load_explicit(
+				&f->since_ns, memory_order_relaxed);
+			rows[i].deadline = atomic_load_explicit(
+				&f->deadline, memory_order_relaxed);
+			rows[i].attempts = atomic_load_explicit(
+				&f->m[i].attempts, memory_order_relaxed);
+			rows[i].id_len = atomic_load_explicit(
+				&f->m[i].id_len, memory_order_relaxed);
+			if (rows[i].id_len > SLUICE_MSG_ID_MAX)
+				rows[i].id_len = SLUICE_MSG_ID_MAX;
+			words_get(rows[i].id, f->m[i].id, ID_WORDS,
+				  rows[i].id_len);
+		}
+		atomic_thread_fence(memory_order_acquire);
+		s2 = atomic_load_explicit(&f->seq, memory_order_relaxed);
+	} while (s1 != s2);
+	n = n < FR_MAX ? n : FR_MAX;
+	for (i = 0; i < n; i++)
+		rows[i].stage =
+			atomic_load_explicit(&w->stage, memory_order_relaxed);
+	return n;
+}
+
+struct fail_row {
+	int64_t at_ns;
+	uint32_t attempts, cls, id_len, text_len;
+	char id[SLUICE_MSG_ID_MAX];
+	char text[FAIL_WORDS * 8];
+};
+
+/* Copy failure entry @f; false when it is empty or being written. */
+static bool
+fail_read(const struct fail_ent *f, struct fail_row *r)
+{
+	uint64_t s1, s2;
+
+	s1 = atomic_load_explicit(&f->seq, memory_order_acquire);
+	if (s1 == 0 || (s1 & 1))
+		return false;
+	r->at_ns = atomic_load_explicit(&f->at_ns, memory_order_relaxed);
+	r->attempts = atomic_load_explicit(&f->attempts, memory_order_relaxed);
+	r->cls = atomic_load_explicit(&f->cls, memory_order_relaxed);
+	r->id_len = atomic_load_explicit(&f->id_len, memory_order_relaxed);
+	r->text_len = atomic_load_explicit(&f->text_len, memory_order_relaxed);
+	if (r->id_len > SLUICE_MSG_ID_MAX)
+		r->id_len = SLUICE_MSG_ID_MAX;
+	if (r->text_len > FAIL_WORDS * 8)
+		r->text_len = FAIL_WORDS * 8;
+	words_get(r->id, f->id, ID_WORDS, r->id_len);
+	words_get(r->text, f->text, FAIL_WORDS, r->text_len);
+	atomic_thread_fence(memory_order_acquire);
+	s2 = atomic_load_explicit(&f->seq, memory_order_relaxed);
+	return s1 == s2 && r->cls < SLUICE_CLASS_COUNT;
+}
+
+/* @p[0..n) as a JSON string body, or as text with non-printables as
+ * \xNN: ids are binary-safe. */
+static void
+put_bytes(struct sl_buf *b, const char *p, size_t n, bool json)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)p[i];
+
+		if (json && (c == '"' || c == '\\'))
+			sl_buf_printf(b, "\\%c", c);
+		else if (c < 0x20 || c >= 0x7f)
+			sl_buf_printf(b, json ? "\\u%04x" : "\\x%02x", c);
+		else
+			sl_buf_put(b, &c, 1);
+	}
+}
+
+static double
+ms(int64_t ns)
+{
+	return (double)ns / 1e6;
+}
+
+static void
+render_row(struct sl_buf *b, const struct sluice_engine *e,
+	   const struct fr_row *r, int64_t now, bool json, bool first)
+{
+	const char *stage = r->stage ? r->stage : "-";
+
+	if (json) {
+		sl_buf_puts(b,
+			    first ? "\n    {\"id\":\"" : ",\n    {\"id\":\"");
+		put_bytes(b, r->id, r->id_len, true);
+		sl_buf_printf(b,
+			      "\",\"source\":\"%s\",\"attempt\":%" PRIu32
+			      ",\"age_ms\":%.3f,\"deadline_left_ms\":",
+			      e->src.ops->name, r->attempts,
+			      ms(now - r->since_ns));
+		if (r->deadline == SLUICE_FOREVER)
+			sl_buf_puts(b, "null");
+		else
+			sl_buf_printf(b, "%.3f", ms(r->deadline - now));
+		sl_buf_printf(b,
+			      ",\"stage\":\"%s\",\"worker\":%u,\"unit_size\":"
+			      "%" PRIu32 "}",
+			      stage, r->worker, r->n);
+		return;
+	}
+	sl_buf_printf(b, "%-6u %-12s %7" PRIu32 " %10.1f ", r->worker, stage,
+		      r->attempts, ms(now - r->since_ns));
+	if (r->deadline == SLUICE_FOREVER)
+		sl_buf_printf(b, "%11s ", "-");
+	else
+		sl_buf_printf(b, "%11.1f ", ms(r->deadline - now));
+	sl_buf_printf(b, "%-8s ", e->src.ops->name);
+	put_bytes(b, r->id, r->id_len, false);
+	sl_buf_puts(b, "\n");
+}
+
+static void
+render_fail(struct sl_buf *b, const struct fail_row *r, int64_t now, bool json,
+	    bool first)
+{
+	const char *cls = sluice_class_name((enum sluice_class)r->cls);
+
+	if (json) {
+		sl_buf_printf(b,
+			      "%s\n    {\"at_ns\":%" PRId64
+			      ",\"ago_ms\":%.3f,\"id\":\"",
+			      first ? "" : ",", r->at_ns, ms(now - r->at_ns));
+		put_bytes(b, r->id, r->id_len, true);
+		sl_buf_printf(b,
+			      "\",\"attempt\":%" PRIu32
+			      ",\"class\":\"%s\",\"error\":\"",
+			      r->attempts, cls);
+		put_bytes(b, r->text, r->text_len, true);
+		sl_buf_puts(b, "\"}");
+		return;
+	}
+	sl_buf_printf(b, "%10.1f %-10s %7" PRIu32 " ", ms(now - r->at_ns), cls,
+		      r->attempts);
+	put_bytes(b, r->id, r->id_len, false);
+	sl_buf_puts(b, "  ");
+	put_bytes(b, r->text, r->text_len, false);
+	sl_buf_puts(b, "\n");
+}
+
+int
+sluice_engine_inflight(struct sluice_engine *e, enum sluice_inflight_format fmt,
+		       char **out, size_t *len)
+{
+	const bool json = fmt == SLUICE_INFLIGHT_JSON;
+	struct fr_row rows[FR_MAX];
+	struct fail_row fr;
+	struct sl_buf b;
+	int64_t now;
+	uint64_t head, k;
+	size_t i, n, total = 0, nfail = 0;
+	unsigned w;
+
+	if (!e || !out || (fmt != SLUICE_INFLIGHT_TEXT && !json))
+		return SLUICE_EINVAL;
+	*out = NULL;
+	if (len)
+		*len = 0;
+	sl_buf_init(&b);
+	now = now_ns(e);
+	if (json)
+		sl_buf_printf(&b,
+			      "{\"workers\":%u,\"max_in_flight\":%zu,"
+			      "\"in_flight\":[",
+			      e->nworkers, e->max_in_flight);
+	else
+		sl_buf_printf(&b,
+			      "in flight (%u workers, source %s):\n"
+			      "WORKER STAGE        ATTEMPT     AGE_MS "
+			      "DEADLINE_MS SOURCE   ID\n",
+			      e->nworkers, e->src.ops->name);
+	for (w = 0; w < e->nworkers; w++) {
+		n = fr_read(e->workers[w], rows);
+		for (i = 0; i < n; i++, total++)
+			render_row(&b, e, &rows[i], now, json, total == 0);
+	}
+	head = atomic_load_explicit(&e->fail_head, memory_order_acquire);
+	if (json)
+		sl_buf_puts(&b, total ? "\n  ],\n  \"failures\":["
+				      : "],\n  \"failures\":[");
+	else
+		sl_buf_printf(&b,
+			      "%zu message(s)\n\nrecent failures (newest "
+			      "first):\n    AGO_MS CLASS      ATTEMPT ID  "
+			      "ERROR\n",
+			      total);
+	for (k = 0; k < FAIL_RING && k < head; k++) {
+		if (!fail_read(&e->fails[(head - 1 - k) % FAIL_RING], &fr))
+			continue;
+		render_fail(&b, &fr, now, json, nfail == 0);
+		nfail++;
+	}
+	if (json)
+		sl_buf_puts(&b, nfail ? "\n  ]\n}\n" : "]\n}\n");
+	else
+		sl_buf_printf(&b, "%zu failure(s) shown, %" PRIu64 " in all\n",
+			      nfail, head);
+	sl_buf_put(&b, "", 1);
+	if (sl_buf_failed(&b)) {
+		sl_buf_free(&b);
+		return SLUICE_ENOMEM;
+	}
+	*out = (char *)b.data;
+	if (len)
+		*len = b.len - 1;
 	return 0;
+}
+
+void
+sluice_engine_free_text(char *text)
+{
+	sl_free(text);
 }

@@ -48,7 +48,13 @@
 #define LINE_WORDS   (CACHE_LINE / sizeof(uint64_t))
 #define NUMBER_BUFSZ 32
 
-enum kind { KIND_COUNTER, KIND_GAUGE, KIND_GAUGE_FN, KIND_HISTOGRAM };
+enum kind {
+	KIND_COUNTER,
+	KIND_GAUGE,
+	KIND_GAUGE_FN,
+	KIND_HISTOGRAM,
+	KIND_HISTOGRAM_FN,
+};
 
 struct family;
 
@@ -91,12 +97,13 @@ struct family {
 	char *labels[MAX_LABELS];   /* immutable */
 	double *bounds;             /* immutable; histograms */
 	size_t nbounds;             /* immutable */
-	size_t stride;          /* immutable; words per shard slot, 0 = gauge */
-	sluice_gauge_fn *fn;    /* immutable; KIND_GAUGE_FN */
-	void *ud;               /* immutable; KIND_GAUGE_FN */
-	bool fn_counter;        /* immutable; KIND_GAUGE_FN typed counter */
-	struct child *children; /* guarded by the registry mutex */
-	struct child **tail;    /* guarded by the registry mutex */
+	size_t stride;       /* immutable; words per shard slot, 0 = gauge */
+	sluice_gauge_fn *fn; /* immutable; KIND_GAUGE_FN */
+	void *ud;            /* immutable; KIND_GAUGE_FN */
+	bool fn_counter;     /* immutable; KIND_GAUGE_FN typed counter */
+	sluice_histogram_fn *hfn; /* immutable; KIND_HISTOGRAM_FN */
+	struct child *children;   /* guarded by the registry mutex */
+	struct child **tail;      /* guarded by the registry mutex */
 };
 
 struct sluice_counter_family {
@@ -113,7 +120,8 @@ struct sluice_metrics {
 	pthread_mutex_t mu;
 	struct family *families; /* guarded by mu */
 	struct family **tail;    /* guarded by mu */
-	size_t nfn;              /* guarded by mu; KIND_GAUGE_FN families */
+	size_t nfn; /* guarded by mu; KIND_GAUGE_FN and _HISTOGRAM_FN families
+		     */
 };
 
 /* 0 = not chosen yet, else the slot + 1. */
@@ -310,7 +318,8 @@ check_family_args(const char *name, const char *help,
 	for (i = 0; i < nlabels; i++) {
 		if (!valid_label_name(label_names[i]))
 			return SLUICE_EINVAL;
-		if (kind == KIND_HISTOGRAM && strcmp(label_names[i], "le") == 0)
+		if ((kind == KIND_HISTOGRAM || kind == KIND_HISTOGRAM_FN) &&
+		    strcmp(label_names[i], "le") == 0)
 			return SLUICE_EINVAL;
 		for (j = 0; j < i; j++) {
 			if (strcmp(label_names[i], label_names[j]) == 0)
@@ -392,6 +401,13 @@ align_up(void *p)
 	return (char *)p + (-(uintptr_t)p & (CACHE_LINE - 1));
 }
 
+/* Families whose values come from a callback at render time. */
+static bool
+is_fn(const struct family *f)
+{
+	return f->kind == KIND_GAUGE_FN || f->kind == KIND_HISTOGRAM_FN;
+}
+
 /* A child, unlinked.  @values were checked by the caller. */
 static int
 child_new(struct family *f, const char *const *values, struct child **out)
@@ -466,7 +482,7 @@ register_family(struct sluice_metrics *m, struct family *f, bool want_child,
 	f->reg = m;
 	*m->tail = f;
 	m->tail = &f->next;
-	if (f->kind == KIND_GAUGE_FN)
+	if (is_fn(f))
 		m->nfn++;
 	pthread_mutex_unlock(&m->mu);
 	if (child_out)
@@ -809,6 +825,40 @@ histogram_register(struct sluice_metrics *m, const char *name, const char *help,
 }
 
 int
+sluice_histogram_register_fn(struct sluice_metrics *m, const char *name,
+			     const char *help, const double *bounds,
+			     size_t nbounds, sluice_histogram_fn *fn, void *ud)
+{
+	struct family *f;
+	int rc;
+
+	if (!m || !fn)
+		return SLUICE_EINVAL;
+	rc = check_family_args(name, help, NULL, 0, KIND_HISTOGRAM_FN);
+	if (rc == 0)
+		rc = check_bounds(bounds, nbounds);
+	if (rc == 0 && nbounds > SIZE_MAX / 1024 - 2)
+		rc = SLUICE_EINVAL;
+	if (rc < 0)
+		return rc;
+	rc = family_new(name, help, NULL, 0, KIND_HISTOGRAM_FN, &f);
+	if (rc < 0)
+		return rc;
+	if (nbounds) {
+		f->bounds = sl_malloc(nbounds * sizeof(*f->bounds));
+		if (!f->bounds) {
+			family_free(f);
+			return SLUICE_ENOMEM;
+		}
+		memcpy(f->bounds, bounds, nbounds * sizeof(*f->bounds));
+	}
+	f->nbounds = nbounds;
+	f->hfn = fn;
+	f->ud = ud;
+	return register_family(m, f, false, NULL);
+}
+
+int
 sluice_histogram_register(struct sluice_metrics *m, const char *name,
 			  const char *help, const double *bounds,
 			  size_t nbounds, struct sluice_histogram **out)
@@ -1119,15 +1169,18 @@ put_series(struct buf *b, const struct family *f, const struct child *c,
 	put(b, "} ", 2);
 }
 
+/* The series of one histogram; bucket i's count is @counts[i] when
+ * @counts is set (callback histograms), else the sum of @c's shards. */
 static void
-render_histogram(struct buf *b, const struct family *f, const struct child *c)
+put_histogram(struct buf *b, const struct family *f, const struct child *c,
+	      const uint64_t *counts, double sum)
 {
 	char le[NUMBER_BUFSZ];
 	uint64_t cum = 0;
 	size_t i;
 
 	for (i = 0; i <= f->nbounds; i++) {
-		cum += sum_cells(c, i);
+		cum += counts ? counts[i] : sum_cells(c, i);
 		if (i < f->nbounds) {
 			fmt_double(le, f->bounds[i]);
 			put_series(b, f, c, "_bucket", le);
@@ -1138,26 +1191,39 @@ render_histogram(struct buf *b, const struct family *f, const struct child *c)
 		put(b, "\n", 1);
 	}
 	put_series(b, f, c, "_sum", NULL);
-	put_double(b, sluice_histogram_sum((const struct sluice_histogram *)c));
+	put_double(b, sum);
 	put(b, "\n", 1);
 	put_series(b, f, c, "_count", NULL);
 	put_u64(b, cum);
 	put(b, "\n", 1);
 }
 
+static void
+render_histogram(struct buf *b, const struct family *f, const struct child *c)
+{
+	put_histogram(b, f, c, NULL,
+		      sluice_histogram_sum((const struct sluice_histogram *)c));
+}
+
+struct fn_snap {
+	const struct family *f;
+	double v;         /* gauge callbacks */
+	uint64_t *counts; /* histogram callbacks: nbounds + 1 buckets */
+};
+
 static const char *const type_name[] = {
-	[KIND_COUNTER] = "counter",
-	[KIND_GAUGE] = "gauge",
-	[KIND_GAUGE_FN] = "gauge",
-	[KIND_HISTOGRAM] = "histogram",
+	[KIND_COUNTER] = "counter",        [KIND_GAUGE] = "gauge",
+	[KIND_GAUGE_FN] = "gauge",         [KIND_HISTOGRAM] = "histogram",
+	[KIND_HISTOGRAM_FN] = "histogram",
 };
 
 static void
-render_family(struct buf *b, const struct family *f, const double *fnval)
+render_family(struct buf *b, const struct family *f,
+	      const struct fn_snap *fnval)
 {
 	const struct child *c;
 
-	if (f->kind != KIND_GAUGE_FN && !f->children)
+	if (!is_fn(f) && !f->children)
 		return;
 	if (f->help) {
 		puts_(b, "# HELP ");
@@ -1173,8 +1239,12 @@ render_family(struct buf *b, const struct family *f, const double *fnval)
 	put(b, "\n", 1);
 	if (f->kind == KIND_GAUGE_FN) {
 		put_series(b, f, NULL, "", NULL);
-		put_double(b, *fnval);
+		put_double(b, fnval->v);
 		put(b, "\n", 1);
+		return;
+	}
+	if (f->kind == KIND_HISTOGRAM_FN) {
+		put_histogram(b, f, NULL, fnval->counts, fnval->v);
 		return;
 	}
 	for (c = f->children; c; c = c->next) {
@@ -1194,18 +1264,24 @@ render_family(struct buf *b, const struct family *f, const double *fnval)
 			render_histogram(b, f, c);
 			break;
 		case KIND_GAUGE_FN:
+		case KIND_HISTOGRAM_FN:
 			break;
 		}
 	}
 }
 
-struct fn_snap {
-	sluice_gauge_fn *fn;
-	void *ud;
-	double v;
-};
+static void
+snap_free(struct fn_snap *snap, size_t n)
+{
+	size_t i;
 
-/* Copy the callback gauges out under the mutex, then call them outside. */
+	for (i = 0; i < n; i++)
+		sl_free(snap[i].counts);
+	sl_free(snap);
+}
+
+/* Copy the callback families out under the mutex, then call them
+ * outside. */
 static int
 eval_callbacks(struct sluice_metrics *m, struct fn_snap **out, size_t *nout)
 {
@@ -1225,16 +1301,29 @@ eval_callbacks(struct sluice_metrics *m, struct fn_snap **out, size_t *nout)
 			return SLUICE_ENOMEM;
 		}
 		for (f = m->families; f && i < n; f = f->next) {
-			if (f->kind == KIND_GAUGE_FN) {
-				snap[i].fn = f->fn;
-				snap[i].ud = f->ud;
-				i++;
-			}
+			if (is_fn(f))
+				snap[i++].f = f;
 		}
 	}
 	pthread_mutex_unlock(&m->mu);
-	for (i = 0; i < n; i++)
-		snap[i].v = snap[i].fn(snap[i].ud);
+	/* Families are immutable once registered and live as long as m. */
+	for (i = 0; i < n; i++) {
+		const struct family *sf = snap[i].f;
+
+		snap[i].counts = NULL;
+		snap[i].v = 0.0;
+		if (sf->kind == KIND_GAUGE_FN) {
+			snap[i].v = sf->fn(sf->ud);
+			continue;
+		}
+		snap[i].counts =
+			sl_calloc(sf->nbounds + 1, sizeof(*snap[i].counts));
+		if (!snap[i].counts) {
+			snap_free(snap, i);
+			return SLUICE_ENOMEM;
+		}
+		sf->hfn(sf->ud, snap[i].counts, &snap[i].v);
+	}
 	*out = snap;
 	*nout = n;
 	return 0;
@@ -1248,7 +1337,6 @@ sluice_metrics_render(struct sluice_metrics *m, char **out, size_t *len)
 	const struct family *f;
 	locale_t cloc, old;
 	size_t nsnap = 0, i = 0;
-	double nan_ = (double)NAN;
 	int rc;
 
 	*out = NULL;
@@ -1262,7 +1350,7 @@ sluice_metrics_render(struct sluice_metrics *m, char **out, size_t *len)
 	 * this thread only. */
 	cloc = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
 	if (cloc == (locale_t)0) {
-		sl_free(snap);
+		snap_free(snap, nsnap);
 		return SLUICE_ENOMEM;
 	}
 	old = uselocale(cloc);
@@ -1273,13 +1361,13 @@ sluice_metrics_render(struct sluice_metrics *m, char **out, size_t *len)
 		goto out_locale;
 	}
 	for (f = m->families; f; f = f->next) {
-		const double *v = &nan_;
+		const struct fn_snap *v = NULL;
 
-		if (f->kind == KIND_GAUGE_FN) {
+		if (is_fn(f)) {
 			/* Registered after the snapshot: next render. */
 			if (i == nsnap)
 				continue;
-			v = &snap[i++].v;
+			v = &snap[i++];
 		}
 		render_family(&b, f, v);
 	}
@@ -1296,7 +1384,7 @@ out_locale:
 	uselocale(old);
 	freelocale(cloc);
 	sl_free(b.p);
-	sl_free(snap);
+	snap_free(snap, nsnap);
 	return rc;
 }
 

@@ -44,7 +44,9 @@
  * after unlocking (under it only by a publisher about to wait for room),
  * and only when the waiter counts say someone sleeps on them.  The three
  * condition variables are registered with the clock for the queue's
- * lifetime, so a virtual clock's advance wakes timed waits.
+ * lifetime, so a virtual clock's advance wakes timed waits.  q->mu is
+ * taken with sl_mutex_lock() and every wait goes through blocked_wait(),
+ * so both show in the mutex and block profiles when those are on.
  */
 #include <limits.h>
 #include <pthread.h>
@@ -55,6 +57,7 @@
 #include <sluice/queue.h>
 
 #include "core/clock_int.h"
+#include "obs/contention.h"
 #include "source/queue_int.h"
 #include "util/alloc.h"
 
@@ -394,6 +397,17 @@ copy_ready(struct sluice_queue *q, uint32_t from, uint32_t attempts)
 	return d;
 }
 
+/* sl_clock_wait() on q->mu, timed for the block profile. */
+static int
+blocked_wait(struct sluice_queue *q, pthread_cond_t *cv, int64_t deadline_ns)
+{
+	int64_t t0 = sl_block_begin();
+	int rc = sl_clock_wait(q->clock, cv, &q->mu, deadline_ns);
+
+	sl_block_end(t0);
+	return rc;
+}
+
 /* Serve owed redeliveries, oldest first, while free slots last. */
 static void
 fulfil_owed(struct sluice_queue *q)
@@ -565,7 +579,7 @@ sl_queue_waiters(struct sluice_queue *q)
 {
 	size_t n;
 
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	n = (size_t)q->fetch_waiters + q->space_waiters + q->idle_waiters;
 	pthread_mutex_unlock(&q->mu);
 	return n;
@@ -703,7 +717,7 @@ publish(struct sluice_queue *q, const char *id, size_t id_len,
 	if (err)
 		return err;
 	now = now_ns(q);
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	for (;;) {
 		if (q->closed) {
 			err = SLUICE_ECLOSED;
@@ -735,8 +749,8 @@ publish(struct sluice_queue *q, const char *id, size_t id_len,
 		if (q->space_waiters == 0 || need < q->space_need)
 			q->space_need = need;
 		q->space_waiters++;
-		if (sl_clock_wait(q->clock, &q->space_cv, &q->mu,
-				  deadline_ns) == SLUICE_ETIMEDOUT)
+		if (blocked_wait(q, &q->space_cv, deadline_ns) ==
+		    SLUICE_ETIMEDOUT)
 			timed_out = true;
 		q->space_waiters--;
 	}
@@ -890,7 +904,7 @@ q_fetch(void *self, struct sluice_msg **out, size_t max, int64_t deadline_ns)
 		return SLUICE_EINVAL;
 	if (max > INT_MAX)
 		max = INT_MAX;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	/* A slowly decaying maximum: consumers that block for one message
 	 * and then fetch in bulk are judged by their bulk fetches. */
 	if ((uint32_t)max >= q->fetch_hint)
@@ -902,8 +916,7 @@ q_fetch(void *self, struct sluice_msg **out, size_t max, int64_t deadline_ns)
 			   &rc)) {
 		until = wait_until(q, deadline_ns);
 		q->fetch_waiters++;
-		if (sl_clock_wait(q->clock, &q->fetch_cv, &q->mu, until) ==
-			    SLUICE_ETIMEDOUT &&
+		if (blocked_wait(q, &q->fetch_cv, until) == SLUICE_ETIMEDOUT &&
 		    until == deadline_ns)
 			timed_out = true;
 		q->fetch_waiters--;
@@ -928,7 +941,7 @@ sluice_queue_take_all(struct sluice_queue *q, struct sluice_msg **out,
 		return SLUICE_EINVAL;
 	if (max > INT_MAX)
 		max = INT_MAX;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	while (q->heap[H_DUE].n) {
 		idx = q->heap[H_DUE].v[0];
 		heap_remove(q, H_DUE, idx);
@@ -954,7 +967,7 @@ q_ack(void *self, struct sluice_msg *const *msgs, size_t n)
 
 	if (!q || (!msgs && n))
 		return SLUICE_EINVAL;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	for (i = 0; i < n; i++) {
 		s = lookup(q, msgs[i]);
 		if (!s || s->state != S_LEASED || !s->lent) {
@@ -988,7 +1001,7 @@ q_requeue(void *self, struct sluice_msg *m, int64_t delay_ns,
 
 	if (!q)
 		return SLUICE_EINVAL;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	s = lookup(q, m);
 	if (!s || s->state != S_LEASED || !s->lent) {
 		pthread_mutex_unlock(&q->mu);
@@ -1022,7 +1035,7 @@ q_touch(void *self, struct sluice_msg *m)
 
 	if (!q)
 		return SLUICE_EINVAL;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	s = lookup(q, m);
 	if (!s || s->state != S_LEASED || !s->lent) {
 		pthread_mutex_unlock(&q->mu);
@@ -1048,7 +1061,7 @@ q_release(void *self, struct sluice_msg *const *msgs, size_t n)
 
 	if (!q || !msgs)
 		return;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	for (i = 0; i < n; i++) {
 		s = lookup(q, msgs[i]);
 		if (!s || !s->lent)
@@ -1094,7 +1107,7 @@ q_wakeup(void *self)
 	struct sluice_queue *q = self;
 	struct wake w;
 
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	q->wake_seq++;
 	q->wake_pending = true;
 	plan(q, &w);
@@ -1107,7 +1120,7 @@ q_set_credit(void *self, size_t max_in_flight)
 {
 	struct sluice_queue *q = self;
 
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	q->credit = max_in_flight;
 	pthread_mutex_unlock(&q->mu);
 }
@@ -1147,7 +1160,7 @@ sluice_queue_close(struct sluice_queue *q)
 
 	if (!q)
 		return;
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	q->closed = true;
 	plan(q, &w);
 	w.fetch_all = q->fetch_waiters > 0;
@@ -1158,7 +1171,7 @@ sluice_queue_close(struct sluice_queue *q)
 void
 sluice_queue_stats(struct sluice_queue *q, struct sluice_queue_stats *out)
 {
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	*out = q->st;
 	out->ready = q->nready;
 	out->delayed = (size_t)q->ndelayed + q->npending;
@@ -1171,7 +1184,7 @@ sluice_queue_stats(struct sluice_queue *q, struct sluice_queue_stats *out)
 void
 sluice_queue_fault_duplicate(struct sluice_queue *q, unsigned every)
 {
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	q->dup_every = every;
 	q->dup_count = 0;
 	pthread_mutex_unlock(&q->mu);
@@ -1180,7 +1193,7 @@ sluice_queue_fault_duplicate(struct sluice_queue *q, unsigned every)
 void
 sluice_queue_fault_drop_acks(struct sluice_queue *q, unsigned n)
 {
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	q->drop_acks = n;
 	pthread_mutex_unlock(&q->mu);
 }
@@ -1191,7 +1204,7 @@ sluice_queue_disconnect(struct sluice_queue *q)
 	struct wake w;
 	uint32_t i;
 
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	for (i = 0; i < q->cap; i++) {
 		if (q->slots[i].state == S_LEASED)
 			lose_lease(q, &q->slots[i]);
@@ -1205,7 +1218,7 @@ sluice_queue_disconnect(struct sluice_queue *q)
 void
 sluice_queue_expire(struct sluice_queue *q)
 {
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	process(q, now_ns(q));
 	unlock_plan(q);
 }
@@ -1216,14 +1229,14 @@ sluice_queue_wait_idle(struct sluice_queue *q, int64_t deadline_ns)
 	bool timed_out = false;
 	int rc = 0;
 
-	pthread_mutex_lock(&q->mu);
+	sl_mutex_lock(&q->mu);
 	while (active(q) != 0) {
 		if (timed_out) {
 			rc = SLUICE_ETIMEDOUT;
 			break;
 		}
 		q->idle_waiters++;
-		if (sl_clock_wait(q->clock, &q->idle_cv, &q->mu, deadline_ns) ==
+		if (blocked_wait(q, &q->idle_cv, deadline_ns) ==
 		    SLUICE_ETIMEDOUT)
 			timed_out = true;
 		q->idle_waiters--;

@@ -28,6 +28,7 @@
 #include <sluice/queue.h>
 #include <sluice/stream.h>
 
+#include "obs/threads.h"
 #include "util/alloc.h"
 
 #define READ_CHUNK ((size_t)64 * 1024)
@@ -330,7 +331,7 @@ sluice_stream_open(const struct sluice_stream_config *cfg, char *err,
 	rc = sluice_queue_new(&qc, &s->q);
 	if (rc)
 		goto out_efd;
-	rc = pthread_create(&s->reader, NULL, reader_main, s);
+	rc = sl_thread_create(&s->reader, "sluice-reader", reader_main, s);
 	if (rc) {
 		rc = -rc;
 		goto out_queue;

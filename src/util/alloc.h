@@ -16,6 +16,8 @@ void *sl_malloc(size_t n);
 void *sl_calloc(size_t nmemb, size_t size);
 void *sl_realloc(void *p, size_t n);
 void sl_free(void *p);
+/* A copy of @s from sl_malloc; NULL on ENOMEM. */
+char *sl_strdup(const char *s);
 
 /* Allocation n (1-based) from now on fails, and every one after it while
  * @sticky; 0 disables.  For tests; not thread-aware beyond being atomic. */

@@ -12,45 +12,7 @@ SLUICE=$(realpath "$1")
 FILTER=${2:-}
 TOP=$(mktemp -d)
 trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$TOP"' EXIT
-pass=0
-failed=0
-
-fail() {
-	echo "  FAILED: $*" >&2
-	return 1
-}
-
-# wait_for COMMAND...: poll until it succeeds (30 s bound).
-wait_for() {
-	local i
-	for i in $(seq 3000); do
-		"$@" && return 0
-		sleep 0.01
-	done
-	fail "timed out waiting for: $*"
-}
-
-lines_at_least() { [ -f "$1" ] && [ "$(wc -l <"$1")" -ge "$2" ]; }
-
-run_case() {
-	local name=$1
-	[ -n "$FILTER" ] && [[ $name != *"$FILTER"* ]] && return
-	D="$TOP/$name"
-	mkdir -p "$D"
-	# Not inside `if`: bash ignores set -e in a condition's subshell.
-	(
-		set -e
-		cd "$D"
-		"$name"
-	)
-	if [ $? -eq 0 ]; then
-		echo "ok   $name"
-		pass=$((pass + 1))
-	else
-		echo "FAIL $name"
-		failed=$((failed + 1))
-	fi
-}
+. "$(dirname "$0")/lib.sh"
 
 # ---- cases ------------------------------------------------------------------
 
@@ -261,5 +223,4 @@ for c in bad_flags_give_usage_errors unreadable_file_is_named \
 	debug_addr_serves_metrics; do
 	run_case "$c"
 done
-echo "$pass passed, $failed failed"
-[ "$failed" -eq 0 ]
+finish

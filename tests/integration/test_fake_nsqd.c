@@ -13,11 +13,18 @@
  * barrier instead of waiting: the server flushes each loop turn's output
  * before it reads again, so the reply to the second of two PUB round trips
  * comes after anything the first turn produced.
+ *
+ * The upgrades (section 6) are checked on the wire too: the snappy bytes
+ * against the [captured] ones, deflate by inflating what comes (zlib's
+ * encoding differs from Go's, so nsqd's captured deflate bytes are decoded
+ * by the client's test instead), TLS with OpenSSL in this test and a
+ * certificate made at run time (tls_certs.h).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -28,8 +35,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#define ZLIB_CONST
+#include <zlib.h>
+
 #include "check.h"
 #include "proto/nsq.h"
+#include "proto/nsq_snappy.h"
+#include "tls_certs.h"
 
 #define GUARD_MS 5000
 #include "fake_nsqd_child.h"
@@ -732,9 +744,353 @@ test_ctl_pub_and_dpub(void)
 	srv_stop();
 }
 
+/* ---- upgrades and AUTH -------------------------------------------------- */
+
+/* Magic + IDENTIFY @json; returns the reply frame's data (JSON). */
+static int
+identify(const char *json, struct frame *f)
+{
+	uint8_t buf[512];
+	ssize_t n;
+	int fd = dial();
+
+	put(fd, SL_NSQ_MAGIC, SL_NSQ_MAGIC_LEN);
+	n = sl_nsq_enc_identify(buf, sizeof(buf), json, strlen(json));
+	CHECK_GT(n, 0);
+	put(fd, buf, (size_t)n);
+	CHECK(frame(fd, f));
+	CHECK_EQ(f->type, 0);
+	return fd;
+}
+
+static bool
+has(const struct frame *f, const char *text)
+{
+	return memmem(f->data, f->dlen, text, strlen(text)) != NULL;
+}
+
+static const uint8_t snappy_ok[] = {
+	0xFF, 0x06, 0x00, 0x00, 0x73, 0x4E, 0x61, 0x50, 0x70, 0x59,
+	0x01, 0x0E, 0x00, 0x00, 0x26, 0x98, 0x2B, 0xCF, 0x00, 0x00,
+	0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x4F, 0x4B,
+};
+
+/* One snappy chunk of @p (the identifier first when @first). */
+static void
+put_snappy(int fd, const void *p, size_t n, bool first)
+{
+	uint8_t c[256];
+	ssize_t k = sl_snappy_enc_chunk(p, n, c, sizeof(c));
+
+	CHECK_GT(k, 0);
+	if (first)
+		put(fd, SL_SNAPPY_STREAM_ID, SL_SNAPPY_STREAM_ID_LEN);
+	put(fd, c, (size_t)k);
+}
+
+static void
+test_upgrade_snappy_captured(void)
+{
+	static const char *const a[] = { "--snappy", NULL };
+	static const uint8_t pub5[] = { 'P', 'U', 'B', ' ', 't', '5', '\n',
+					0,   0,   0,   3,   'x', 'y', 'z' };
+	uint8_t buf[64];
+	struct frame f;
+	int fd;
+
+	srv_start(a);
+	fd = identify("{\"feature_negotiation\":true,\"snappy\":true}", &f);
+	CHECK(has(&f, "\"deflate\":false,\"deflate_level\":6,"
+		      "\"max_deflate_level\":6,\"snappy\":true,"));
+	CHECK(has(&f, "\"tls_v1\":false"));
+	/* Right after the JSON: exactly nsqd's captured bytes. */
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok)), sizeof(snappy_ok));
+	CHECK_MEMEQ(buf, snappy_ok, sizeof(snappy_ok));
+	/* The captured client stream gets the captured answer. */
+	{
+		uint8_t c[64];
+		ssize_t k =
+			sl_snappy_enc_chunk(pub5, sizeof(pub5), c, sizeof(c));
+
+		CHECK_EQ(k, 4 + 4 + (ssize_t)sizeof(pub5));
+		CHECK_MEMEQ(c, "\x01\x12\x00\x00", 4);
+	}
+	put_snappy(fd, pub5, sizeof(pub5), true);
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok) - 10), sizeof(snappy_ok) - 10);
+	CHECK_MEMEQ(buf, snappy_ok + 10, sizeof(snappy_ok) - 10);
+	close(fd);
+
+	/* Data without the stream identifier: nsqd closes. */
+	fd = identify("{\"feature_negotiation\":true,\"snappy\":true}", &f);
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok)), sizeof(snappy_ok));
+	put_snappy(fd, "NOP\n", 4, false);
+	CHECK_EQ(get(fd, buf, 1), 0);
+	close(fd);
+
+	/* A command pipelined behind IDENTIFY is lost, as in nsqd. */
+	fd = dial();
+	PUTL(fd, "  V2IDENTIFY\n\0\0\0\x2a{\"feature_negotiation\":true,"
+		 "\"snappy\":true}FOO\n");
+	CHECK(frame(fd, &f));
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok)), sizeof(snappy_ok));
+	put_snappy(fd, pub5, sizeof(pub5), true);
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok) - 10), sizeof(snappy_ok) - 10);
+	CHECK_MEMEQ(buf, snappy_ok + 10, sizeof(snappy_ok) - 10);
+	close(fd);
+
+	/* Not enabled on the server: granted false, nothing follows. */
+	srv_stop();
+	srv_start(NULL);
+	fd = identify("{\"feature_negotiation\":true,\"snappy\":true}", &f);
+	CHECK(has(&f, "\"snappy\":false"));
+	pub(fd, "t5", "x"); /* plain OK: still uncompressed */
+	close(fd);
+	srv_stop();
+}
+
+/* Inflate what the server sends until @n plaintext bytes are out. */
+static void
+inflate_get(int fd, z_stream *z, uint8_t *out, size_t n)
+{
+	uint8_t in[256];
+	size_t got = 0;
+
+	while (got < n) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t r;
+
+		CHECK_GT(poll(&p, 1, GUARD_MS), 0);
+		r = read(fd, in, sizeof(in));
+		CHECK_GT(r, 0);
+		z->next_in = in;
+		z->avail_in = (unsigned)r;
+		z->next_out = out + got;
+		z->avail_out = (unsigned)(n - got);
+		CHECK(inflate(z, Z_SYNC_FLUSH) == Z_OK);
+		CHECK_EQ(z->avail_in, 0); /* nothing beyond the frame */
+		got = n - z->avail_out;
+		/* Each frame ends with a sync flush. */
+		CHECK_MEMEQ(in + r - 4, "\x00\x00\xff\xff", 4);
+	}
+}
+
+static void
+test_upgrade_deflate(void)
+{
+	static const char *const a[] = { "--deflate", "--max-deflate-level",
+					 "4", NULL };
+	uint8_t buf[64], wire[128];
+	z_stream zi = { 0 }, zo = { 0 };
+	struct frame f;
+	int fd;
+
+	srv_start(a);
+	/* Off: the level asked for is ignored, 6 clamped to the max. */
+	fd = identify("{\"feature_negotiation\":true,\"deflate_level\":3}", &f);
+	CHECK(has(&f, "\"deflate\":false,\"deflate_level\":4,"
+		      "\"max_deflate_level\":4,"));
+	close(fd);
+	fd = identify("{\"feature_negotiation\":true,\"deflate\":true,"
+		      "\"deflate_level\":3}",
+		      &f);
+	CHECK(has(&f, "\"deflate\":true,\"deflate_level\":3,"
+		      "\"max_deflate_level\":4,\"snappy\":false,"));
+	CHECK_EQ(inflateInit2(&zi, -15), Z_OK);
+	inflate_get(fd, &zi, buf, sizeof(OK));
+	CHECK_MEMEQ(buf, OK, sizeof(OK));
+	/* A compressed PUB (sync-flushed) is answered with OK. */
+	CHECK_EQ(deflateInit2(&zo, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY),
+		 Z_OK);
+	zo.next_in = (const uint8_t *)"PUB t1\n\0\0\0\x05hello";
+	zo.avail_in = 16;
+	zo.next_out = wire;
+	zo.avail_out = sizeof(wire);
+	CHECK_EQ(deflate(&zo, Z_SYNC_FLUSH), Z_OK);
+	put(fd, wire, sizeof(wire) - zo.avail_out);
+	inflate_get(fd, &zi, buf, sizeof(OK));
+	CHECK_MEMEQ(buf, OK, sizeof(OK));
+	/* Garbage: the connection is closed. */
+	put(fd, "\xff\xff\xff\xff", 4);
+	CHECK_EQ(get(fd, buf, 1), 0);
+	close(fd);
+	inflateEnd(&zi);
+	deflateEnd(&zo);
+	srv_stop();
+}
+
+static void
+test_both_compressions(void)
+{
+	static const char *const both[] = { "--snappy", "--deflate", NULL };
+	static const char *const one[] = { "--snappy", NULL };
+	static const char js[] = "{\"feature_negotiation\":true,"
+				 "\"snappy\":true,\"deflate\":true}";
+	uint8_t buf[128];
+	struct frame f;
+	int fd;
+
+	srv_start(both);
+	fd = dial();
+	put(fd, SL_NSQ_MAGIC, SL_NSQ_MAGIC_LEN);
+	CHECK_EQ(sl_nsq_enc_identify(buf, sizeof(buf), js, strlen(js)),
+		 (ssize_t)(13 + strlen(js)));
+	put(fd, buf, 13 + strlen(js));
+	expect_text(fd, 1,
+		    "E_IDENTIFY_FAILED cannot enable both deflate and snappy "
+		    "compression");
+	expect_eof(fd);
+	srv_stop();
+	/* Only one enabled on the server: that one is granted. */
+	srv_start(one);
+	fd = identify(js, &f);
+	CHECK(has(&f, "\"deflate\":false") && has(&f, "\"snappy\":true"));
+	CHECK_EQ(get(fd, buf, sizeof(snappy_ok)), sizeof(snappy_ok));
+	CHECK_MEMEQ(buf, snappy_ok, sizeof(snappy_ok));
+	close(fd);
+	srv_stop();
+}
+
+static void
+test_upgrade_tls(void)
+{
+	struct certs ct;
+	SSL_CTX *ctx;
+	SSL *ssl;
+	uint8_t buf[64];
+	struct pollfd p;
+	struct frame f;
+	int fd;
+
+	certs_make(&ct);
+	{
+		const char *a[] = { "--tls-cert", ct.srv_cert,      "--tls-key",
+				    ct.srv_key,   "--tls-required", "--snappy",
+				    NULL };
+
+		srv_start(a);
+	}
+	/* TLS required: anything but IDENTIFY before TLS is fatal. */
+	fd = dial();
+	puts_(fd, "  V2SUB t1 ch1\n");
+	expect_text(fd, 1,
+		    "E_INVALID cannot SUB in current state (TLS required)");
+	expect_eof(fd);
+	fd = identify("{\"feature_negotiation\":true,\"tls_v1\":true}", &f);
+	CHECK(has(&f, "\"tls_v1\":true") && has(&f, "\"snappy\":false"));
+	/* nsqd writes nothing until the ClientHello. */
+	p.fd = fd;
+	p.events = POLLIN;
+	CHECK_EQ(poll(&p, 1, 100), 0);
+	ctx = SSL_CTX_new(TLS_client_method());
+	CHECK(ctx != NULL);
+	CHECK_EQ(SSL_CTX_load_verify_locations(ctx, ct.ca, NULL), 1);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	ssl = SSL_new(ctx);
+	CHECK(ssl != NULL);
+	CHECK_EQ(SSL_set1_host(ssl, "localhost"), 1);
+	CHECK_EQ(SSL_set_fd(ssl, fd), 1);
+	CHECK_EQ(SSL_connect(ssl), 1);
+	/* The "OK" through TLS, then commands work (TLS satisfied). */
+	CHECK_EQ(SSL_read(ssl, buf, sizeof(OK)), (int)sizeof(OK));
+	CHECK_MEMEQ(buf, OK, sizeof(OK));
+	CHECK_EQ(SSL_write(ssl, "SUB t1 ch1\n", 11), 11);
+	CHECK_EQ(SSL_read(ssl, buf, sizeof(OK)), (int)sizeof(OK));
+	CHECK_MEMEQ(buf, OK, sizeof(OK));
+	SSL_free(ssl);
+	close(fd);
+	/* TLS then snappy: "OK" through TLS, then the snappy stream. */
+	fd = identify("{\"feature_negotiation\":true,\"tls_v1\":true,"
+		      "\"snappy\":true}",
+		      &f);
+	CHECK(has(&f, "\"tls_v1\":true") && has(&f, "\"snappy\":true"));
+	ssl = SSL_new(ctx);
+	CHECK(ssl != NULL);
+	CHECK_EQ(SSL_set_fd(ssl, fd), 1);
+	CHECK_EQ(SSL_connect(ssl), 1);
+	CHECK_EQ(SSL_read(ssl, buf, sizeof(OK)), (int)sizeof(OK));
+	CHECK_MEMEQ(buf, OK, sizeof(OK));
+	CHECK_EQ(SSL_read(ssl, buf, sizeof(snappy_ok)), (int)sizeof(snappy_ok));
+	CHECK_MEMEQ(buf, snappy_ok, sizeof(snappy_ok));
+	SSL_free(ssl);
+	close(fd);
+	SSL_CTX_free(ctx);
+	srv_stop();
+	certs_remove(&ct);
+}
+
+static void
+test_auth_errors(void)
+{
+	static const char *const a[] = { "--auth-secret", "s3cret", NULL };
+	static const char reply[] = "{\"identity\":\"fake_nsqd\","
+				    "\"identity_url\":\"\","
+				    "\"permission_count\":1}";
+#define IN(lit) lit, sizeof(lit) - 1
+	/* Each on a fresh connection: input, then the fatal error. */
+	static const struct {
+		const char *in;
+		size_t len;
+		const char *want;
+	} fatal[] = {
+		{ IN("  V2SUB t1 ch1\n"),
+		  "E_AUTH_FIRST AUTH required before SUB" },
+		{ IN("  V2MPUB t1\n"),
+		  "E_AUTH_FIRST AUTH required before MPUB" },
+		{ IN("  V2AUTH x\n\0\0\0\x01x"),
+		  "E_INVALID AUTH invalid number of parameters" },
+		{ IN("  V2AUTH\n\0\0\0\0"),
+		  "E_BAD_BODY AUTH invalid body size 0" },
+		{ IN("  V2AUTH\n\0\0\0\x05guess"),
+		  "E_AUTH_FAILED AUTH failed" },
+	};
+#undef IN
+	struct frame f;
+	size_t i;
+	int fd;
+
+	srv_start(NULL);
+	fd = dial();
+	PUTL(fd, "  V2AUTH\n\0\0\0\x01x");
+	expect_text(fd, 1, "E_AUTH_DISABLED AUTH disabled");
+	expect_eof(fd);
+	srv_stop();
+
+	srv_start(a);
+	fd = identify("{\"feature_negotiation\":true}", &f);
+	CHECK(has(&f, "\"auth_required\":true"));
+	PUTL(fd, "PUB t1\n\0\0\0\x05hello");
+	expect_text(fd, 1, "E_AUTH_FIRST AUTH required before PUB");
+	expect_eof(fd);
+	for (i = 0; i < sizeof(fatal) / sizeof(fatal[0]); i++) {
+		fd = dial();
+		put(fd, fatal[i].in, fatal[i].len);
+		expect_text(fd, 1, fatal[i].want);
+		expect_eof(fd);
+	}
+	/* Right secret: the JSON reply; then SUB works; AUTH once only. */
+	fd = dial();
+	PUTL(fd, "  V2AUTH\n\0\0\0\x06s3cret");
+	expect_text(fd, 0, reply);
+	pub(fd, "t1", "hello");
+	PUTL(fd, "AUTH\n\0\0\0\x06s3cret");
+	expect_text(fd, 1, "E_INVALID AUTH already set");
+	expect_eof(fd);
+	fd = dial();
+	PUTL(fd, "  V2AUTH\n\0\0\0\x06s3cret");
+	expect_text(fd, 0, reply);
+	puts_(fd, "SUB t1 ch1\n");
+	expect_bytes(fd, OK, sizeof(OK));
+	PUTL(fd, "AUTH\n\0\0\0\x06s3cret");
+	expect_text(fd, 1, "E_INVALID cannot AUTH in current state");
+	expect_eof(fd);
+	srv_stop();
+}
+
 CHECK_MAIN(test_identify_reply_is_captured, test_pub_sub_message_layout,
 	   test_error_frames, test_rdy_caps_in_flight,
 	   test_timeout_redelivers_with_attempts, test_fin_stops_redelivery,
 	   test_req_delay, test_cls_close_wait, test_heartbeats,
 	   test_fault_drop_and_malformed, test_fault_oversized_and_stall,
-	   test_ctl_pub_and_dpub)
+	   test_ctl_pub_and_dpub, test_upgrade_snappy_captured,
+	   test_upgrade_deflate, test_both_compressions, test_upgrade_tls,
+	   test_auth_errors)

@@ -71,6 +71,7 @@ nsq_open(uint32_t hb_ms, uint32_t msg_timeout_ms)
 	cfg.client_id = "test";
 	cfg.heartbeat_ms = hb_ms;
 	cfg.msg_timeout_ms = msg_timeout_ms;
+	cfg.reconnect_min_ns = 50 * SLUICE_NS_PER_MS;
 	rc = sluice_nsq_open(&cfg, err, sizeof(err), &n);
 	if (rc != 0)
 		fprintf(stderr, "  open: %s (%s)\n", err, sluice_err_name(rc));
@@ -400,7 +401,7 @@ held_then(const char *ctl, int want_error)
 	CHECK_EQ(m->attempts, 1u);
 	CHECK_EQ(m->id_len, 16u);
 	srv_ctl(ctl);
-	/* Once, then never again. */
+	/* Once per lost connection. */
 	CHECK_EQ(src.ops->fetch(src.self, &more, 1, in_ms(GUARD_MS)),
 		 SLUICE_EDISCONNECTED);
 	CHECK_EQ(src.ops->fetch(src.self, &more, 1, 0), 0);
@@ -415,10 +416,17 @@ held_then(const char *ctl, int want_error)
 	CHECK_EQ(src.ops->touch(src.self, m), SLUICE_ESTALE);
 	CHECK_MEMEQ(m->body, "x", 1); /* still readable until release */
 	src.ops->release(src.self, &m, 1);
-	st = stats(n);
-	CHECK(!st.connected);
+	/* The address is redialled (reconnect backoff) and serves again. */
+	WAIT_STATS(n, st, st.reconnects == 1 && st.connected);
 	CHECK_EQ(st.error, want_error);
+	CHECK_EQ(st.disconnects, 1u);
 	CHECK_EQ(st.refused, 3u);
+	src.ops->set_credit(src.self, 1);
+	pub("y");
+	CHECK_EQ(src.ops->fetch(src.self, &m, 1, in_ms(GUARD_MS)), 1);
+	CHECK_MEMEQ(m->body, "y", 1);
+	CHECK_EQ(src.ops->ack(src.self, &m, 1), 0);
+	src.ops->release(src.self, &m, 1);
 	sluice_nsq_free(n);
 	srv_stop();
 }

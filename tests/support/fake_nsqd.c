@@ -5,7 +5,10 @@
  *
  * It follows docs/nsq-protocol.md (shared docs; section numbers below point
  * there) for: the magic, IDENTIFY (JSON reply in nsqd's key order, or "OK"
- * without feature_negotiation; no TLS/snappy/deflate, they answer false),
+ * without feature_negotiation), the upgrades of section 6.1 (TLS, then
+ * snappy framing or raw DEFLATE, each followed by an "OK" through the new
+ * layer; what was buffered behind IDENTIFY is dropped, as nsqd does),
+ * AUTH against a fixed secret (E_AUTH_FIRST / E_AUTH_FAILED / ...),
  * SUB (one topic/channel per connection, RDY 0 after it), RDY (a cap on
  * in flight, never decremented), FIN/REQ/TOUCH (non-fatal E_*_FAILED for
  * ids not in flight or not owned), CLS (CLOSE_WAIT, connection stays open),
@@ -15,8 +18,9 @@
  * REQ delays clamped to max_req_timeout, and the exact error texts the
  * reference captured.  Every other error is fatal: frame, then close.
  * In-flight messages of a closed connection stay in flight until their
- * timeout (section 5.7).  Not done: AUTH (E_AUTH_DISABLED), sample_rate,
- * output buffering delays (frames go out at the end of each loop turn).
+ * timeout (section 5.7).  Not done: sample_rate, output buffering delays
+ * (frames go out at the end of each loop turn), the 5 s TLS handshake
+ * limit, client certificate policies, TLS 1.0/1.1.
  *
  * Usage: fake_nsqd [PORT] [--flag VALUE]...   (PORT 0 or absent: ephemeral)
  * Prints "listening on PORT\n" on stdout once it accepts connections.
@@ -34,6 +38,17 @@
  *                            size is SL_NSQ_FRAME_SIZE_FOR(max-msg-size) + 1
  *   (N counts messages written on that connection; N = 0 acts right after
  *   the OK for SUB.)
+ *   --tls-cert FILE --tls-key FILE   PEM certificate chain and key: grant
+ *                            tls_v1 to clients that ask (nsqd: same flags)
+ *   --tls-required           every command but IDENTIFY needs TLS first
+ *   --deflate / --snappy     grant that compression when asked (nsqd has
+ *                            both on by default; here they are off unless
+ *                            given, so a test states what it expects)
+ *   --max-deflate-level N    (6) clamps the level asked for
+ *   --auth-secret SECRET     require AUTH (auth_required:true); the secret
+ *                            is checked here instead of asking an HTTP auth
+ *                            server: equal -> identity "fake_nsqd" with one
+ *                            permission, anything else -> E_AUTH_FAILED
  *
  * Control protocol on stdin, one command a line, each answered with "ok\n"
  * (or "error\n") on stdout once done, so a test can wait for it:
@@ -47,12 +62,22 @@
  * Single-threaded epoll loop; no locking.  Each loop turn reads, runs
  * commands, delivers what RDY allows, fires expired timers, then flushes
  * every connection's output buffer once (so deliveries are batched).
+ *
+ * Layers per connection: `out` holds plaintext frames; seal() encodes them
+ * (deflate with a sync flush, or snappy chunks) into `wout`, which goes to
+ * the socket through TLS (OpenSSL, non-blocking) or send().  Input comes
+ * from SSL_read()/recv(); with compression it goes through `win` and the
+ * decoder into `in`, where the command parser reads it.  A layer switch
+ * seals what was queued under the old layers first, so the IDENTIFY reply
+ * leaves in plaintext and each "OK" under the layer it announces.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -64,8 +89,11 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#define ZLIB_CONST
+#include <zlib.h>
 
 #include "proto/nsq.h"
+#include "proto/nsq_snappy.h"
 #include "util/alloc.h"
 
 #define LINE_MAX_LEN 16384u
@@ -75,7 +103,10 @@ struct opts {
 	int64_t msg_timeout, max_msg_timeout, hb_interval, max_req_timeout;
 	int64_t min_interval, max_hb_interval;
 	int64_t drop_after, stall_after, malformed_after, oversized_after;
+	int64_t max_deflate_level;
 	bool use_stdin;
+	const char *tls_cert, *tls_key, *auth_secret;
+	bool tls_required, deflate, snappy;
 };
 
 static struct opts opt = {
@@ -92,6 +123,7 @@ static struct opts opt = {
 	.stall_after = -1,
 	.malformed_after = -1,
 	.oversized_after = -1,
+	.max_deflate_level = 6,
 	.use_stdin = true,
 };
 
@@ -129,14 +161,35 @@ struct topic {
 
 enum cstate { ST_MAGIC, ST_INIT, ST_SUB, ST_CLOSING };
 
+/* TLS of a connection: off, IDENTIFY reply still going out in plaintext,
+ * handshaking, on. */
+enum tstate { TLS_OFF, TLS_REPLY, TLS_HANDSHAKE, TLS_ON };
+enum comp { COMP_NONE, COMP_DEFLATE, COMP_SNAPPY };
+
+struct bytes {
+	uint8_t *p;
+	size_t off, len, cap; /* [off, len) is live */
+};
+
 struct conn {
 	struct conn *next;
 	int fd;
 	enum cstate state;
 	uint8_t *in;
 	size_t in_len, in_cap;
-	uint8_t *out;
-	size_t out_off, out_len, out_cap;
+	struct bytes out;  /* plaintext frames */
+	struct bytes wout; /* encoded, to the socket */
+	struct bytes win;  /* compressed bytes read, not decoded yet */
+	enum tstate tls;
+	SSL *ssl;
+	bool tls_want_write;       /* the TLS layer waits for EPOLLOUT */
+	enum comp comp, comp_next; /* on; to switch on after TLS */
+	int level;                 /* our deflate level */
+	z_stream zin, zout;
+	struct sl_snappy_dec sdec;
+	bool sid_sent;
+	bool discard_in; /* drop what was read behind the upgrading IDENTIFY */
+	bool authed;
 	bool dead;     /* close once the output is flushed */
 	bool stalled;  /* write nothing */
 	bool want_out; /* EPOLLOUT registered */
@@ -150,6 +203,7 @@ struct conn {
 static struct topic *topics;
 static struct conn *conns;
 static int epfd;
+static SSL_CTX *tls_ctx;
 static uint64_t next_id = 1;
 
 static const uint8_t frame_ok[] = { 0, 0, 0, 6, 0, 0, 0, 0, 'O', 'K' };
@@ -202,22 +256,45 @@ get32(const uint8_t *p)
 /* ---- output ------------------------------------------------------------ */
 
 static void
-out_put(struct conn *c, const void *p, size_t n)
+bput(struct bytes *b, const void *p, size_t n)
 {
-	if (c->out_len + n > c->out_cap) {
-		size_t cap = c->out_cap ? c->out_cap : 4096;
+	if (b->off && b->off == b->len)
+		b->off = b->len = 0;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 4096;
 
-		while (cap < c->out_len + n)
+		while (cap < b->len + n)
 			cap *= 2;
-		c->out = sl_realloc(c->out, cap);
-		if (!c->out) {
+		b->p = sl_realloc(b->p, cap);
+		if (!b->p) {
 			perror("fake_nsqd: out of memory");
 			exit(2);
 		}
-		c->out_cap = cap;
+		b->cap = cap;
 	}
-	memcpy(c->out + c->out_len, p, n);
-	c->out_len += n;
+	if (n)
+		memcpy(b->p + b->len, p, n);
+	b->len += n;
+}
+
+static size_t
+blive(const struct bytes *b)
+{
+	return b->len - b->off;
+}
+
+static void
+out_put(struct conn *c, const void *p, size_t n)
+{
+	bput(&c->out, p, n);
+}
+
+/* Forget everything not yet sent (the connection closes without it). */
+static void
+out_drop(struct conn *c)
+{
+	c->out.off = c->out.len = 0;
+	c->wout.off = c->wout.len = 0;
 }
 
 static void
@@ -267,14 +344,150 @@ want_out(struct conn *c, bool on)
 	epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
+/* Encode the queued plaintext under the current layers into wout. */
+static void
+seal(struct conn *c)
+{
+	size_t off = c->out.off, n;
+
+	if (!blive(&c->out))
+		return;
+	if (c->comp == COMP_NONE) {
+		bput(&c->wout, c->out.p + off, blive(&c->out));
+	} else if (c->comp == COMP_SNAPPY) {
+		if (!c->sid_sent) {
+			bput(&c->wout, SL_SNAPPY_STREAM_ID,
+			     SL_SNAPPY_STREAM_ID_LEN);
+			c->sid_sent = true;
+		}
+		for (; off < c->out.len; off += n) {
+			uint8_t chunk[SL_SNAPPY_HDR + 4 + 80000];
+			ssize_t k;
+
+			n = c->out.len - off;
+			if (n > SL_SNAPPY_BLOCK_MAX)
+				n = SL_SNAPPY_BLOCK_MAX;
+			k = sl_snappy_enc_chunk(c->out.p + off, n, chunk,
+						sizeof(chunk));
+			if (k < 0) {
+				fputs("fake_nsqd: snappy encode\n", stderr);
+				exit(2);
+			}
+			bput(&c->wout, chunk, (size_t)k);
+		}
+	} else {
+		uint8_t buf[16384];
+
+		c->zout.next_in = c->out.p + off;
+		c->zout.avail_in = (uInt)blive(&c->out);
+		do {
+			c->zout.next_out = buf;
+			c->zout.avail_out = sizeof(buf);
+			deflate(&c->zout, Z_SYNC_FLUSH);
+			bput(&c->wout, buf, sizeof(buf) - c->zout.avail_out);
+		} while (c->zout.avail_out == 0 || c->zout.avail_in);
+	}
+	c->out.off = c->out.len = 0;
+}
+
+static void
+comp_on(struct conn *c, enum comp comp)
+{
+	c->comp = comp;
+	if (comp == COMP_DEFLATE) {
+		if (inflateInit2(&c->zin, -15) != Z_OK ||
+		    deflateInit2(&c->zout, c->level, Z_DEFLATED, -15, 8,
+				 Z_DEFAULT_STRATEGY) != Z_OK) {
+			fputs("fake_nsqd: zlib init\n", stderr);
+			exit(2);
+		}
+	}
+	sl_snappy_dec_init(&c->sdec);
+	/* nsqd answers the switch with "OK" under the new layer. */
+	out_put(c, frame_ok, sizeof(frame_ok));
+}
+
+/* Drive the TLS handshake; false when it failed (close, no frame). */
+static bool
+tls_step(struct conn *c)
+{
+	int r;
+
+	if (c->tls == TLS_REPLY && blive(&c->wout) == 0) {
+		c->ssl = SSL_new(tls_ctx);
+		if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1)
+			return false;
+		SSL_set_mode(c->ssl,
+			     SSL_MODE_ENABLE_PARTIAL_WRITE |
+				     SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+		SSL_set_accept_state(c->ssl);
+		c->tls = TLS_HANDSHAKE;
+	}
+	if (c->tls != TLS_HANDSHAKE)
+		return true;
+	c->tls_want_write = false;
+	ERR_clear_error();
+	r = SSL_do_handshake(c->ssl);
+	if (r == 1) {
+		/* "OK" goes before anything (heartbeats) queued meanwhile. */
+		struct bytes held = c->out;
+
+		memset(&c->out, 0, sizeof(c->out));
+		c->tls = TLS_ON;
+		out_put(c, frame_ok, sizeof(frame_ok));
+		if (c->comp_next != COMP_NONE) {
+			seal(c);
+			comp_on(c, c->comp_next);
+		}
+		out_put(c, held.p ? held.p + held.off : NULL, blive(&held));
+		sl_free(held.p);
+		return true;
+	}
+	switch (SSL_get_error(c->ssl, r)) {
+	case SSL_ERROR_WANT_READ:
+		return true;
+	case SSL_ERROR_WANT_WRITE:
+		c->tls_want_write = true;
+		return true;
+	default:
+		ERR_clear_error();
+		return false;
+	}
+}
+
 /* Write what is buffered; returns false when the connection must close. */
 static bool
 flush(struct conn *c)
 {
-	while (!c->stalled && c->out_off < c->out_len) {
-		ssize_t n = send(c->fd, c->out + c->out_off,
-				 c->out_len - c->out_off, MSG_NOSIGNAL);
+	/* During the TLS switch only the IDENTIFY reply (sealed already)
+	 * may go out. */
+	if (!c->stalled && (c->tls == TLS_OFF || c->tls == TLS_ON))
+		seal(c);
+	while (!c->stalled && blive(&c->wout)) {
+		ssize_t n;
 
+		if (c->tls == TLS_HANDSHAKE)
+			break; /* nothing of ours until it is done */
+		if (c->tls == TLS_ON) {
+			int r;
+
+			ERR_clear_error();
+			r = SSL_write(c->ssl, c->wout.p + c->wout.off,
+				      (int)blive(&c->wout));
+			if (r > 0) {
+				c->wout.off += (size_t)r;
+				continue;
+			}
+			r = SSL_get_error(c->ssl, r);
+			if (r == SSL_ERROR_WANT_WRITE ||
+			    r == SSL_ERROR_WANT_READ) {
+				c->tls_want_write = r == SSL_ERROR_WANT_WRITE;
+				break;
+			}
+			return false;
+		}
+		n = send(c->fd, c->wout.p + c->wout.off, blive(&c->wout),
+			 MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -282,14 +495,14 @@ flush(struct conn *c)
 				break;
 			return false;
 		}
-		c->out_off += (size_t)n;
+		c->wout.off += (size_t)n;
 	}
-	if (c->out_off == c->out_len)
-		c->out_off = c->out_len = 0;
-	want_out(c, c->out_len > 0 && !c->stalled);
+	if (!c->stalled && !tls_step(c))
+		return false;
+	want_out(c, (blive(&c->wout) > 0 && !c->stalled) || c->tls_want_write);
 	if (c->dead && c->stalled)
 		return false;
-	return !(c->dead && c->out_len == 0);
+	return !(c->dead && blive(&c->out) == 0 && blive(&c->wout) == 0);
 }
 
 /* ---- topics, channels, messages ---------------------------------------- */
@@ -513,7 +726,7 @@ timers(int64_t now)
 		if (now - c->last_cmd_ms >= 2 * c->hb_interval) {
 			/* Read deadline missed: close, no error frame. */
 			c->dead = true;
-			c->out_len = c->out_off = 0;
+			out_drop(c);
 			continue;
 		}
 		if (now >= c->next_hb_ms) {
@@ -699,14 +912,22 @@ cmd_identify(struct conn *c, const uint8_t *body, size_t len)
 			  mt);
 		return;
 	}
-	if (fn && snappy && deflate) {
+	/* What is granted: asked for and enabled here (section 2.1). */
+	tls = fn && tls && tls_ctx;
+	deflate = fn && deflate && opt.deflate;
+	snappy = fn && snappy && opt.snappy;
+	if (snappy && deflate) {
 		out_error(c, true,
 			  "E_IDENTIFY_FAILED cannot enable both "
 			  "deflate and snappy compression");
 		return;
 	}
-	if (dl <= 0 || dl > 6)
-		dl = 6; /* requested level clamped to the max (6) */
+	/* The requested level counts only when deflate is granted; then
+	 * both are clamped to the max (reported even with deflate off). */
+	if (!deflate || dl <= 0)
+		dl = 6;
+	if (dl > opt.max_deflate_level)
+		dl = opt.max_deflate_level;
 	c->hb_interval = hb;
 	c->msg_timeout = mt;
 	c->next_hb_ms = now_ms() + hb; /* the ticker restarts (section 4) */
@@ -714,18 +935,35 @@ cmd_identify(struct conn *c, const uint8_t *body, size_t len)
 		out_put(c, frame_ok, sizeof(frame_ok));
 		return;
 	}
-	n = snprintf(
-		reply, sizeof(reply),
-		"{\"max_rdy_count\":%" PRId64 ",\"version\":\"1.3.0\","
-		"\"max_msg_timeout\":%" PRId64 ",\"msg_timeout\":%" PRId64
-		",\"tls_v1\":false,\"deflate\":false,\"deflate_level\":%" PRId64
-		",\"max_deflate_level\":6,\"snappy\":false,"
-		"\"sample_rate\":%" PRId64 ",\"auth_required\":false,"
-		"\"output_buffer_size\":%" PRId64
-		",\"output_buffer_timeout\":%" PRId64
-		",\"topology_region\":\"\",\"topology_zone\":\"\"}",
-		opt.max_rdy, opt.max_msg_timeout, mt, dl, sr, obs, obt);
+	n = snprintf(reply, sizeof(reply),
+		     "{\"max_rdy_count\":%" PRId64 ",\"version\":\"1.3.0\","
+		     "\"max_msg_timeout\":%" PRId64 ",\"msg_timeout\":%" PRId64
+		     ",\"tls_v1\":%s,\"deflate\":%s,\"deflate_level\":%" PRId64
+		     ",\"max_deflate_level\":%" PRId64 ",\"snappy\":%s,"
+		     "\"sample_rate\":%" PRId64 ",\"auth_required\":%s,"
+		     "\"output_buffer_size\":%" PRId64
+		     ",\"output_buffer_timeout\":%" PRId64
+		     ",\"topology_region\":\"\",\"topology_zone\":\"\"}",
+		     opt.max_rdy, opt.max_msg_timeout, mt,
+		     tls ? "true" : "false", deflate ? "true" : "false", dl,
+		     opt.max_deflate_level, snappy ? "true" : "false", sr,
+		     opt.auth_secret ? "true" : "false", obs, obt);
 	out_frame(c, 0, reply, (size_t)n);
+	if (!tls && !deflate && !snappy)
+		return;
+	/* Section 6.1: the reply leaves in plaintext, then TLS, then the
+	 * compressor; what nsqd had read behind IDENTIFY is lost. */
+	seal(c);
+	c->discard_in = true;
+	c->level = (int)dl;
+	if (tls) {
+		c->tls = TLS_REPLY;
+		c->comp_next = deflate  ? COMP_DEFLATE
+			       : snappy ? COMP_SNAPPY
+					: COMP_NONE;
+	} else {
+		comp_on(c, deflate ? COMP_DEFLATE : COMP_SNAPPY);
+	}
 }
 
 static bool
@@ -830,6 +1068,37 @@ name_ok(const char *s)
 	return sl_nsq_name_is_valid(s, strlen(s));
 }
 
+/* With AUTH required: has this connection authenticated? (section 2.2) */
+static bool
+auth_ok(struct conn *c, const char *cmd)
+{
+	if (!opt.auth_secret || c->authed)
+		return true;
+	out_error(c, true, "E_AUTH_FIRST AUTH required before %s", cmd);
+	return false;
+}
+
+static void
+cmd_auth(struct conn *c, const uint8_t *secret, size_t len)
+{
+	static const char reply[] = "{\"identity\":\"fake_nsqd\","
+				    "\"identity_url\":\"\","
+				    "\"permission_count\":1}";
+
+	if (c->authed) {
+		out_error(c, true, "E_INVALID AUTH already set");
+	} else if (!opt.auth_secret) {
+		out_error(c, true, "E_AUTH_DISABLED AUTH disabled");
+	} else if (len != strlen(opt.auth_secret) ||
+		   memcmp(secret, opt.auth_secret, len) != 0) {
+		/* nsqd's text when its auth server refuses the secret */
+		out_error(c, true, "E_AUTH_FAILED AUTH failed");
+	} else {
+		c->authed = true;
+		out_frame(c, 0, reply, sizeof(reply) - 1);
+	}
+}
+
 /*
  * One command whose line is @line (NUL-terminated, '\n' and '\r' gone);
  * @rest/@rest_len are the bytes after the line.  Returns the body bytes
@@ -852,6 +1121,13 @@ command(struct conn *c, char *line, const uint8_t *rest, size_t rest_len)
 	    strcmp(argv[0], "MPUB") == 0 || strcmp(argv[0], "DPUB") == 0 ||
 	    strcmp(argv[0], "AUTH") == 0)
 		body = true;
+	if (opt.tls_required && c->tls != TLS_ON &&
+	    strcmp(argv[0], "IDENTIFY") != 0) {
+		out_error(c, true,
+			  "E_INVALID cannot %s in current state (TLS required)",
+			  argv[0]);
+		return 0;
+	}
 	/* Checks nsqd makes before it reads the body. */
 	if (strcmp(argv[0], "MPUB") == 0 || strcmp(argv[0], "PUB") == 0 ||
 	    strcmp(argv[0], "DPUB") == 0) {
@@ -875,18 +1151,42 @@ command(struct conn *c, char *line, const uint8_t *rest, size_t rest_len)
 			return 0;
 		}
 	}
-	if (strcmp(argv[0], "AUTH") == 0) {
-		out_error(c, true, "E_AUTH_DISABLED AUTH disabled");
+	if (strcmp(argv[0], "MPUB") == 0 && !auth_ok(c, "MPUB"))
 		return 0;
+	if (strcmp(argv[0], "AUTH") == 0) {
+		if (c->state != ST_INIT) {
+			out_error(c, true,
+				  "E_INVALID cannot AUTH in current state");
+			return 0;
+		}
+		if (argc != 1) {
+			out_error(
+				c, true,
+				"E_INVALID AUTH invalid number of parameters");
+			return 0;
+		}
 	}
 	if (body) {
+		bool msg = strcmp(argv[0], "PUB") == 0 ||
+			   strcmp(argv[0], "DPUB") == 0;
+
 		if (rest_len < 4)
 			return -1;
 		size = (int32_t)get32(rest);
-		if (size <= 0 || size > (argv[0][1] == 'U' || argv[0][0] == 'D'
-						 ? opt.max_msg_size
-						 : opt.max_body_size)) {
-			if (argv[0][0] == 'I')
+		if (size <= 0 ||
+		    size > (msg ? opt.max_msg_size : opt.max_body_size)) {
+			if (argv[0][0] == 'A' && size > 0)
+				out_error(
+					c, true,
+					"E_BAD_BODY AUTH body too big %" PRId64
+					" > %" PRId64,
+					size, opt.max_body_size);
+			else if (argv[0][0] == 'A')
+				out_error(c, true,
+					  "E_BAD_BODY AUTH invalid body size "
+					  "%" PRId64,
+					  size);
+			else if (argv[0][0] == 'I')
 				out_error(c, true,
 					  "E_BAD_BODY IDENTIFY invalid body "
 					  "size %" PRId64,
@@ -909,6 +1209,8 @@ command(struct conn *c, char *line, const uint8_t *rest, size_t rest_len)
 	if (strcmp(argv[0], "NOP") == 0) {
 	} else if (strcmp(argv[0], "IDENTIFY") == 0) {
 		cmd_identify(c, rest + 4, (size_t)size);
+	} else if (strcmp(argv[0], "AUTH") == 0) {
+		cmd_auth(c, rest + 4, (size_t)size);
 	} else if (strcmp(argv[0], "SUB") == 0) {
 		if (c->state != ST_INIT) {
 			out_error(c, true,
@@ -931,7 +1233,7 @@ command(struct conn *c, char *line, const uint8_t *rest, size_t rest_len)
 				  "E_BAD_CHANNEL SUB channel name \"%s\" is "
 				  "not valid",
 				  argv[2]);
-		} else {
+		} else if (auth_ok(c, "SUB")) {
 			c->topic = topic_get(argv[1]);
 			c->chan = channel_get(c->topic, argv[2]);
 			c->state = ST_SUB;
@@ -971,6 +1273,10 @@ command(struct conn *c, char *line, const uint8_t *rest, size_t rest_len)
 			c->rdy = 0;
 			out_put(c, frame_cw, sizeof(frame_cw));
 		}
+	} else if ((strcmp(argv[0], "PUB") == 0 ||
+		    strcmp(argv[0], "DPUB") == 0) &&
+		   !auth_ok(c, argv[0])) {
+		/* checked after the body (section 2.4) */
 	} else if (strcmp(argv[0], "PUB") == 0) {
 		publish(topic_get(argv[1]), rest + 4, (size_t)size, 0);
 		out_put(c, frame_ok, sizeof(frame_ok));
@@ -1056,14 +1362,14 @@ conn_input(struct conn *c)
 		if (!nl) {
 			if (c->in_len - off >= LINE_MAX_LEN) {
 				c->dead = true; /* nsqd: no error frame */
-				c->out_len = c->out_off = 0;
+				out_drop(c);
 			}
 			break;
 		}
 		ll = (size_t)(nl - (c->in + off));
 		if (ll + 1 > LINE_MAX_LEN) {
 			c->dead = true;
-			c->out_len = c->out_off = 0;
+			out_drop(c);
 			break;
 		}
 		line = xalloc(ll + 1);
@@ -1077,6 +1383,11 @@ conn_input(struct conn *c)
 			break;
 		c->last_cmd_ms = now_ms();
 		off += ll + 1 + (size_t)used;
+		if (c->discard_in) {
+			/* An upgrade began: nsqd's old reader is gone. */
+			c->discard_in = false;
+			off = c->in_len;
+		}
 	}
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
@@ -1102,41 +1413,126 @@ conn_close(struct conn *c)
 				if (m->owner == c)
 					m->owner = NULL;
 	epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	SSL_free(c->ssl);
+	if (c->comp == COMP_DEFLATE) {
+		inflateEnd(&c->zin);
+		deflateEnd(&c->zout);
+	}
 	close(c->fd);
 	sl_free(c->in);
-	sl_free(c->out);
+	sl_free(c->out.p);
+	sl_free(c->wout.p);
+	sl_free(c->win.p);
 	sl_free(c);
+}
+
+/* Plaintext for the command parser. */
+static void
+in_put(struct conn *c, const uint8_t *p, size_t n)
+{
+	if (c->in_cap - c->in_len < n) {
+		while (c->in_cap - c->in_len < n)
+			c->in_cap = c->in_cap ? c->in_cap * 2 : 131072;
+		c->in = sl_realloc(c->in, c->in_cap);
+		if (!c->in) {
+			perror("fake_nsqd: out of memory");
+			exit(2);
+		}
+	}
+	memcpy(c->in + c->in_len, p, n);
+	c->in_len += n;
+}
+
+/* @n bytes off the wire through the decompressor; false if corrupt. */
+static bool
+inflow(struct conn *c, const uint8_t *p, size_t n)
+{
+	static uint8_t blk[SL_SNAPPY_BLOCK_MAX];
+	size_t m;
+	ssize_t k;
+	int rc;
+
+	if (c->comp == COMP_NONE) {
+		in_put(c, p, n);
+		return true;
+	}
+	if (c->comp == COMP_DEFLATE) {
+		c->zin.next_in = p;
+		c->zin.avail_in = (uInt)n;
+		for (;;) {
+			c->zin.next_out = blk;
+			c->zin.avail_out = sizeof(blk);
+			rc = inflate(&c->zin, Z_SYNC_FLUSH);
+			if (rc != Z_OK && rc != Z_BUF_ERROR)
+				return false;
+			in_put(c, blk, sizeof(blk) - c->zin.avail_out);
+			if (rc == Z_BUF_ERROR ||
+			    (c->zin.avail_in == 0 && c->zin.avail_out != 0))
+				return true;
+		}
+	}
+	bput(&c->win, p, n);
+	while ((k = sl_snappy_dec_chunk(&c->sdec, c->win.p + c->win.off,
+					blive(&c->win), blk, sizeof(blk), &m)) >
+	       0) {
+		c->win.off += (size_t)k;
+		in_put(c, blk, m);
+	}
+	if (k < 0)
+		fprintf(stderr, "fake_nsqd: %s\n", c->sdec.why);
+	return k == 0;
 }
 
 static void
 conn_read(struct conn *c)
 {
 	for (;;) {
+		uint8_t buf[65536];
 		ssize_t n;
 
-		if (c->in_cap - c->in_len < 65536) {
-			c->in_cap = c->in_cap ? c->in_cap * 2 : 131072;
-			c->in = sl_realloc(c->in, c->in_cap);
-			if (!c->in) {
-				perror("fake_nsqd: out of memory");
-				exit(2);
-			}
-		}
-		n = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
-		if (n < 0 && errno == EINTR)
+		if (c->tls == TLS_REPLY)
+			return; /* nothing may come before our reply is out */
+		if (c->tls == TLS_HANDSHAKE) {
+			if (!tls_step(c))
+				goto kill;
+			if (c->tls == TLS_HANDSHAKE)
+				return;
 			continue;
-		if (n < 0 && errno == EAGAIN) /* == EWOULDBLOCK */
-			break;
-		if (n <= 0) {
-			c->dead = true;
-			c->out_len = c->out_off = 0;
-			return;
 		}
-		c->in_len += (size_t)n;
+		if (c->tls == TLS_ON) {
+			int r;
+
+			ERR_clear_error();
+			r = SSL_read(c->ssl, buf, sizeof(buf));
+			if (r <= 0) {
+				r = SSL_get_error(c->ssl, r);
+				if (r == SSL_ERROR_WANT_READ)
+					return;
+				if (r == SSL_ERROR_WANT_WRITE) {
+					c->tls_want_write = true;
+					return;
+				}
+				goto kill;
+			}
+			n = r;
+		} else {
+			n = recv(c->fd, buf, sizeof(buf), 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && errno == EAGAIN) /* == EWOULDBLOCK */
+				return;
+			if (n <= 0)
+				goto kill;
+		}
+		if (!inflow(c, buf, (size_t)n))
+			goto kill;
 		conn_input(c);
 		if (c->dead)
 			return;
 	}
+kill:
+	c->dead = true;
+	out_drop(c);
 }
 
 static void
@@ -1194,7 +1590,7 @@ ctl_line(char *line)
 		for (c = conns; c; c = c->next) {
 			if (strcmp(line, "drop") == 0) {
 				c->dead = true;
-				c->out_len = c->out_off = 0;
+				out_drop(c);
 			} else if (strcmp(line, "stall") == 0) {
 				c->stalled = true;
 			} else if (strcmp(line, "resume") == 0) {
@@ -1257,13 +1653,44 @@ parse_args(int argc, char **argv, int *port)
 		{ "--stall-after", &opt.stall_after },
 		{ "--malformed-after", &opt.malformed_after },
 		{ "--oversized-after", &opt.oversized_after },
+		{ "--max-deflate-level", &opt.max_deflate_level },
+	};
+	static const struct {
+		const char *name;
+		const char **v;
+	} sflags[] = {
+		{ "--tls-cert", &opt.tls_cert },
+		{ "--tls-key", &opt.tls_key },
+		{ "--auth-secret", &opt.auth_secret },
+	};
+	static const struct {
+		const char *name;
+		bool *v;
+		bool set;
+	} bflags[] = {
+		{ "--no-stdin", &opt.use_stdin, false },
+		{ "--tls-required", &opt.tls_required, true },
+		{ "--deflate", &opt.deflate, true },
+		{ "--snappy", &opt.snappy, true },
 	};
 	int i;
 	size_t f;
 
 	for (i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--no-stdin") == 0) {
-			opt.use_stdin = false;
+		for (f = 0; f < sizeof(bflags) / sizeof(bflags[0]); f++)
+			if (strcmp(argv[i], bflags[f].name) == 0)
+				break;
+		if (f < sizeof(bflags) / sizeof(bflags[0])) {
+			*bflags[f].v = bflags[f].set;
+			continue;
+		}
+		for (f = 0; f < sizeof(sflags) / sizeof(sflags[0]); f++)
+			if (strcmp(argv[i], sflags[f].name) == 0)
+				break;
+		if (f < sizeof(sflags) / sizeof(sflags[0])) {
+			if (i + 1 >= argc || !argv[i + 1][0])
+				return -1;
+			*sflags[f].v = argv[++i];
 			continue;
 		}
 		if (argv[i][0] != '-') {
@@ -1284,6 +1711,30 @@ parse_args(int argc, char **argv, int *port)
 	}
 	if (opt.max_hb_interval < opt.hb_interval)
 		opt.max_hb_interval = opt.hb_interval;
+	if (!opt.tls_cert != !opt.tls_key ||
+	    (opt.tls_required && !opt.tls_cert) || opt.max_deflate_level < 1 ||
+	    opt.max_deflate_level > 9)
+		return -1;
+	return 0;
+}
+
+/* The server side of TLS, when a certificate was given. */
+static int
+tls_init(void)
+{
+	if (!opt.tls_cert)
+		return 0;
+	tls_ctx = SSL_CTX_new(TLS_server_method());
+	if (!tls_ctx ||
+	    SSL_CTX_use_certificate_chain_file(tls_ctx, opt.tls_cert) != 1 ||
+	    SSL_CTX_use_PrivateKey_file(tls_ctx, opt.tls_key,
+					SSL_FILETYPE_PEM) != 1 ||
+	    SSL_CTX_check_private_key(tls_ctx) != 1) {
+		fputs("fake_nsqd: cannot load the TLS certificate/key\n",
+		      stderr);
+		ERR_print_errors_fp(stderr);
+		return -1;
+	}
 	return 0;
 }
 
@@ -1305,6 +1756,8 @@ main(int argc, char **argv)
 		return 2;
 	}
 	signal(SIGPIPE, SIG_IGN);
+	if (tls_init() < 0)
+		return 1;
 	lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (lfd < 0) {
 		perror("socket");
@@ -1366,7 +1819,7 @@ main(int argc, char **argv)
 		next = timers(now_ms());
 		for (c = conns; c; c = cn) {
 			cn = c->next;
-			if (!flush(c) || (c->dead && c->out_len == 0))
+			if (!flush(c))
 				conn_close(c);
 		}
 	}

@@ -288,11 +288,19 @@ test_index_lists_endpoints(void)
 	CHECK_STREQ(header(&r, "Content-Type", buf, sizeof(buf)),
 		    "text/html; charset=utf-8");
 	CHECK(strstr(r.body, "href=\"/metrics\"") != NULL);
-	CHECK(strstr(r.body, "href=\"/debug/pprof/\"") != NULL);
 	CHECK(strstr(r.body, "href=\"/healthz\"") != NULL);
-	/* Planned profiles are named but not linked: they would 404. */
-	CHECK(strstr(r.body, "href=\"/debug/pprof/profile") == NULL);
-	CHECK(strstr(r.body, "Planned") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/inflight\"") != NULL);
+	/* Every profile of Go's index, linked. */
+	CHECK(strstr(r.body, "href=\"/debug/pprof/profile?seconds=") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/heap\"") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/allocs\"") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/block\"") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/mutex\"") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/goroutine") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/threadcreate") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/trace") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/cmdline\"") != NULL);
+	CHECK(strstr(r.body, "href=\"/debug/pprof/symbol\"") != NULL);
 	resp_free(&r);
 	sluice_debug_http_stop(h);
 	sluice_metrics_free(m);
@@ -321,8 +329,8 @@ test_unknown_path_404(void)
 {
 	static const char *const paths[] = {
 		"/",         "/nope",        "/metrics/",
-		"/metricsx", "/debug/pprof", "/debug/pprof/heap",
-		"/healthz/", "/HEALTHZ",     "/debug/pprof/profile",
+		"/metricsx", "/debug/pprof", "/debug/pprof/heapx",
+		"/healthz/", "/HEALTHZ",     "/debug/pprof/nope",
 	};
 	struct sluice_metrics *m;
 	struct sluice_debug_http *h;

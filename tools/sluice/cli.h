@@ -12,12 +12,13 @@
 
 /* Exit codes (documented in README's CLI reference). */
 enum {
-	EXIT_OK = 0,         /* every message handled */
-	EXIT_DEAD = 1,       /* some messages were dead-lettered */
-	EXIT_USAGE = 2,      /* bad flags or arguments */
-	EXIT_INPUT = 3,      /* the input broke off: malformed or read error */
-	EXIT_NOINPUT = 66,   /* an input file cannot be opened */
-	EXIT_SOFTWARE = 70,  /* internal error */
+	EXIT_OK = 0,       /* every message handled */
+	EXIT_DEAD = 1,     /* some messages were dead-lettered */
+	EXIT_USAGE = 2,    /* bad flags or arguments */
+	EXIT_INPUT = 3,    /* the input broke off: malformed or read error */
+	EXIT_NOINPUT = 66, /* an input file cannot be opened */
+	EXIT_UNAVAILABLE = 69, /* nsqd cannot be reached */
+	EXIT_SOFTWARE = 70,    /* internal error */
 	EXIT_CANTCREAT = 73, /* an output or dead-letter file cannot be made */
 };
 
@@ -46,6 +47,46 @@ void cli_hist_add(struct cli_hist *h, int64_t ns);
 /* The @q quantile (0..1) in ns: the upper edge of its bucket; 0 if empty. */
 int64_t cli_hist_quantile(struct cli_hist *h, double q);
 
+/*
+ * "HOST:PORT", "HOST" (port @dflt_port), "[V6ADDR]:PORT" -> @host (NUL-
+ * terminated, @hostsize bytes) and *@port.  Returns 0 or -1.
+ */
+int cli_parse_hostport(const char *s, uint16_t dflt_port, char *host,
+		       size_t hostsize, uint16_t *port);
+
+/*
+ * "sluice CMD: <message>" and the --help hint on stderr, for a flag error.
+ * Returns: EXIT_USAGE.
+ */
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+struct sluice_dlq;
+
+/*
+ * The dead-letter sink named by a --dead-letter value: "nsq://TOPIC"
+ * (published through @nsqd, "HOST:PORT", the consume command's first
+ * --nsqd; NULL if none), "nsq://HOST:PORT/TOPIC", or else a file path
+ * (JSON lines, fsync'd per record).  Connects to nsqd before returning.
+ * Returns: 0 and *@out (close with sluice_dlq_close()), or an exit status
+ * (EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_CANTCREAT) with @err saying why.
+ */
+int cli_dead_letter_open(const char *spec, const char *nsqd,
+			 struct sluice_dlq *out, char *err, size_t errsize);
+
+/* --cpuprofile, --memprofile, --trace (obs.c). */
+struct cli_obs {
+	const char *cpuprofile, *memprofile, *trace; /* NULL: not asked */
+};
+/* Take SLUICE_CPUPROFILE, SLUICE_MEMPROFILE, SLUICE_TRACE for the ones
+ * no flag set. */
+void cli_obs_env(struct cli_obs *o);
+/* Start what @o asks for; EXIT_OK, or an exit code after a message. */
+int cli_obs_start(const struct cli_obs *o, const char *cmd);
+/* Stop and write the files; EXIT_OK or EXIT_CANTCREAT after a message. */
+int cli_obs_finish(const struct cli_obs *o, const char *cmd);
+
 int cli_consume(int argc, char **argv);
+int cli_publish(int argc, char **argv);
 
 #endif /* SLUICE_CLI_H */

@@ -1,14 +1,16 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * consume.c - `sluice consume`: read messages from stdin or files and hand
- * each one (or each batch) to a command, a file, stdout or nowhere, through
- * the engine: bounded concurrency or batches, deadlines, retries,
- * dead-lettering and a graceful drain.  Uses the public API only.
+ * consume.c - `sluice consume`: read messages from stdin or files, or
+ * consume an NSQ topic (--nsqd / --lookupd), and hand each one (or each
+ * batch) to a command, a file, stdout or nowhere, through the engine:
+ * bounded concurrency or batches, deadlines, retries, dead-lettering and a
+ * graceful drain.  Uses the public API only.
  *
- * Threads: main (setup, wait, summary), the stream's reader, the engine's
- * workers and watchdog, a signal thread (SIGINT/SIGTERM: first drains,
- * second stops now) and, on a terminal, a progress thread.  Signals are
- * blocked in every thread and taken by sigtimedwait in the signal thread.
+ * Threads: main (setup, wait, summary), the stream's reader (or the NSQ
+ * source's I/O and dialer threads), the engine's workers and watchdog, a
+ * signal thread (SIGINT/SIGTERM: first drains, second stops now) and, on a
+ * terminal, a progress thread.  Signals are blocked in every thread and
+ * taken by sigtimedwait in the signal thread.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 
 #include <sluice/debug_http.h>
 #include <sluice/exec.h>
+#include <sluice/nsq.h>
 #include <sluice/sluice.h>
 #include <sluice/stream.h>
 
@@ -39,6 +42,7 @@ enum sink { SINK_STDOUT, SINK_OUTPUT, SINK_EXEC, SINK_DISCARD };
  * cheap sinks, where fetching in bulk is what keeps up with the input. */
 #define PREFETCH_UNSET (SLUICE_PREFETCH_AUTO - 1)
 #define PREFETCH_BULK  256
+#define MAX_ADDRS      64 /* --nsqd / --lookupd values */
 
 struct opts {
 	unsigned workers;
@@ -52,6 +56,14 @@ struct opts {
 	int nsinks;
 	enum sluice_framing framing;
 	bool quiet;
+	/* NSQ (any --nsqd or --lookupd selects it) */
+	const char *nsqd[MAX_ADDRS], *lookupd[MAX_ADDRS];
+	size_t n_nsqd, n_lookupd;
+	const char *topic, *channel;
+	int64_t msg_timeout_ns; /* IDENTIFY msg_timeout; 0 = nsqd's */
+	bool tls, tls_insecure, snappy, deflate;
+	const char *tls_ca, *tls_cert, *tls_key, *auth_secret;
+	uint64_t deflate_level;
 };
 
 /* State shared by handlers (workers), the signal and progress threads. */
@@ -62,7 +74,9 @@ struct run {
 	pthread_mutex_t out_mu;
 	struct cli_hist hist;
 	struct sluice_engine *e;
-	struct sluice_stream *stream;
+	struct sluice_stream *stream; /* reading files/stdin, or */
+	struct sluice_nsq *nsq;       /* consuming NSQ */
+	_Atomic uint64_t taken;       /* NSQ: handler starts, for --count */
 	struct sluice_dlq dlq;
 	struct sluice_metrics *metrics; /* with --debug-addr */
 	struct sluice_debug_http *http;
@@ -74,14 +88,41 @@ struct run {
 
 static const char usage_text[] =
 	"usage: sluice consume [flags] [FILE...]\n"
+	"       sluice consume --topic T (--nsqd H:P | --lookupd URL)... [flags]\n"
 	"\n"
-	"Read messages from FILEs (default: stdin; '-' is stdin too) and hand\n"
-	"each one, or each batch, to a command, a file or stdout, with bounded\n"
-	"concurrency, a deadline per message, retries with backoff and a\n"
-	"dead-letter file.  Nothing read is lost: on end of input or SIGINT/\n"
-	"SIGTERM, sluice drains, and what it did not finish is dead-lettered\n"
-	"with the reason.  A second signal stops at once (still recorded).\n"
+	"Read messages from FILEs (default: stdin; '-' is stdin too), or from\n"
+	"an NSQ topic, and hand each one, or each batch, to a command, a file\n"
+	"or stdout, with bounded concurrency, a deadline per message, retries\n"
+	"with backoff and a dead-letter file.  Nothing read is lost: on end of\n"
+	"input or SIGINT/SIGTERM, sluice drains, and what it did not finish is\n"
+	"dead-lettered with the reason (NSQ: given back to nsqd).  A second\n"
+	"signal stops at once (still recorded).\n"
 	"\n"
+	"NSQ (handlers get the message bodies; attempts come from nsqd):\n"
+	"  --nsqd H:P            an nsqd TCP address (repeatable); reconnected\n"
+	"                        with exponential backoff when it drops\n"
+	"  --lookupd URL         an nsqlookupd HTTP address (repeatable),\n"
+	"                        polled every minute for the topic's nsqd\n"
+	"  --topic T             the topic (required with --nsqd/--lookupd)\n"
+	"  --channel C           the channel (default: sluice)\n"
+	"  --msg-timeout DUR     nsqd's in-flight timeout for our messages\n"
+	"                        (default: nsqd's, 60s); handlers still inside\n"
+	"                        --timeout are TOUCHed before it runs out\n"
+	"  --tls                 TLS to every nsqd (refused = not connected);\n"
+	"                        the certificate must name the host dialled\n"
+	"  --tls-ca FILE         PEM roots to verify with (default: system)\n"
+	"  --tls-cert FILE, --tls-key FILE   a client certificate\n"
+	"  --tls-insecure        accept any certificate (testing only)\n"
+	"  --snappy | --deflate  compress the connections (when nsqd agrees)\n"
+	"  --deflate-level N     1..9 (6)\n"
+	"  --auth-secret S       AUTH secret, for an nsqd that requires it\n"
+	"                        (better: SLUICE_AUTH_SECRET in the environment)\n"
+	"  Credit (nsqd RDY, spread over the connections) is -j + --prefetch;\n"
+	"  failures back consumption off (RDY 0, then a probe).\n"
+	"\n";
+
+/* Two literals: C11 promises only 4095 bytes per string literal. */
+static const char usage_rest[] =
 	"Sinks (one; default --stdout):\n"
 	"  --exec CMD            run CMD via /bin/sh -c per message (per batch\n"
 	"                        with --batch), the body on its stdin\n"
@@ -100,8 +141,10 @@ static const char usage_text[] =
 	"  --backoff MIN:MAX     retry delays, exponential with jitter\n"
 	"                        (100ms:60s)\n"
 	"  --dead-letter FILE    JSON lines of what failed for good (default:\n"
-	"                        stderr)\n"
+	"                        stderr); nsq://TOPIC publishes them to the\n"
+	"                        first --nsqd, nsq://H:P/TOPIC to that nsqd\n"
 	"  -n, --count N         read only N messages, exit when settled\n"
+	"                        (NSQ: stop after N handler starts)\n"
 	"  --drain-timeout DUR   how long shutdown waits for handlers (30s)\n"
 	"Input:\n"
 	"  --framing F           line (default), nul, or length (4-byte\n"
@@ -127,11 +170,14 @@ static const char usage_text[] =
 	"\n"
 	"Exit status: 0 all handled, 1 some dead-lettered, 2 usage error,\n"
 	"3 the input broke off (malformed or unreadable), 66 an input cannot\n"
-	"be opened, 73 an output cannot be created.\n"
+	"be opened, 69 no nsqd could be reached, 73 an output cannot be\n"
+	"created.\n"
 	"\n"
 	"Examples:\n"
 	"  seq 100 | sluice consume -j 8 --exec 'curl -fsS -d @- $URL'\n"
 	"  sluice consume --batch 500 --output all.log events.log\n"
+	"  sluice consume --lookupd lookupd:4161 --topic jobs -j 16 \\\n"
+	"      --exec ./job.sh --dead-letter nsq://jobs_dead\n"
 	"  find . -print0 | sluice consume --framing nul --exec 'gzip -k \"$(cat)\"'\n";
 
 enum {
@@ -154,6 +200,20 @@ enum {
 	O_PREFETCH,
 	O_CAPACITY,
 	O_DEBUG_ADDR,
+	O_NSQD,
+	O_LOOKUPD,
+	O_TOPIC,
+	O_CHANNEL,
+	O_MSG_TIMEOUT,
+	O_TLS,
+	O_TLS_CA,
+	O_TLS_CERT,
+	O_TLS_KEY,
+	O_TLS_INSECURE,
+	O_SNAPPY,
+	O_DEFLATE,
+	O_DEFLATE_LEVEL,
+	O_AUTH_SECRET,
 };
 
 static const struct option longopts[] = {
@@ -180,6 +240,20 @@ static const struct option longopts[] = {
 	{ "prefetch", required_argument, NULL, O_PREFETCH },
 	{ "capacity", required_argument, NULL, O_CAPACITY },
 	{ "debug-addr", required_argument, NULL, O_DEBUG_ADDR },
+	{ "nsqd", required_argument, NULL, O_NSQD },
+	{ "lookupd", required_argument, NULL, O_LOOKUPD },
+	{ "topic", required_argument, NULL, O_TOPIC },
+	{ "channel", required_argument, NULL, O_CHANNEL },
+	{ "msg-timeout", required_argument, NULL, O_MSG_TIMEOUT },
+	{ "tls", no_argument, NULL, O_TLS },
+	{ "tls-ca", required_argument, NULL, O_TLS_CA },
+	{ "tls-cert", required_argument, NULL, O_TLS_CERT },
+	{ "tls-key", required_argument, NULL, O_TLS_KEY },
+	{ "tls-insecure", no_argument, NULL, O_TLS_INSECURE },
+	{ "snappy", no_argument, NULL, O_SNAPPY },
+	{ "deflate", no_argument, NULL, O_DEFLATE },
+	{ "deflate-level", required_argument, NULL, O_DEFLATE_LEVEL },
+	{ "auth-secret", required_argument, NULL, O_AUTH_SECRET },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -217,6 +291,7 @@ defaults(struct opts *o)
 	o->max_body = 1024 * 1024;
 	o->capacity = 1024;
 	o->framing = SLUICE_FRAMING_LINE;
+	o->channel = "sluice";
 }
 
 static int
@@ -344,6 +419,57 @@ apply(struct opts *o, int c)
 		return 0;
 	case O_DEBUG_ADDR:
 		o->debug_addr = optarg;
+		return 0;
+	case O_NSQD:
+		if (o->n_nsqd == MAX_ADDRS)
+			BAD("too many --nsqd (at '%s')");
+		if (!strchr(optarg, ':'))
+			BAD("--nsqd wants HOST:PORT, not '%s'");
+		o->nsqd[o->n_nsqd++] = optarg;
+		return 0;
+	case O_LOOKUPD:
+		if (o->n_lookupd == MAX_ADDRS)
+			BAD("too many --lookupd (at '%s')");
+		o->lookupd[o->n_lookupd++] = optarg;
+		return 0;
+	case O_TOPIC:
+		o->topic = optarg;
+		return 0;
+	case O_CHANNEL:
+		o->channel = optarg;
+		return 0;
+	case O_TLS:
+		o->tls = true;
+		return 0;
+	case O_TLS_CA:
+		o->tls_ca = optarg;
+		return 0;
+	case O_TLS_CERT:
+		o->tls_cert = optarg;
+		return 0;
+	case O_TLS_KEY:
+		o->tls_key = optarg;
+		return 0;
+	case O_TLS_INSECURE:
+		o->tls_insecure = true;
+		return 0;
+	case O_SNAPPY:
+		o->snappy = true;
+		return 0;
+	case O_DEFLATE:
+		o->deflate = true;
+		return 0;
+	case O_DEFLATE_LEVEL:
+		if (cli_parse_uint(optarg, 1, 9, &o->deflate_level))
+			BAD("--deflate-level wants 1..9, not '%s'");
+		return 0;
+	case O_AUTH_SECRET:
+		o->auth_secret = optarg;
+		return 0;
+	case O_MSG_TIMEOUT:
+		if (cli_parse_duration(optarg, &o->msg_timeout_ns) ||
+		    (o->msg_timeout_ns && o->msg_timeout_ns < SLUICE_NS_PER_S))
+			BAD("--msg-timeout wants a duration of 1s or more, not '%s'");
 		return 0;
 	default:
 		return EXIT_USAGE; /* getopt printed the problem */
@@ -523,6 +649,22 @@ run_exec(struct run *r, struct sluice_ctx *ctx,
 	return err;
 }
 
+/* NSQ and --count: the handler start that reaches N stops consumption
+ * (CLS everywhere, then a drain that gives back what was not started). */
+static void
+count_taken(struct run *r, size_t n)
+{
+	uint64_t before;
+
+	if (!r->nsq || !r->o.count)
+		return;
+	before = atomic_fetch_add_explicit(&r->taken, n, memory_order_relaxed);
+	if (before < r->o.count && before + n >= r->o.count) {
+		sluice_nsq_stop(r->nsq);
+		sluice_engine_stop(r->e, SLUICE_STOP_DRAIN);
+	}
+}
+
 static struct sluice_error *
 handle_batch(void *ud, struct sluice_ctx *ctx,
 	     const struct sluice_msg *const *msgs, size_t n,
@@ -533,6 +675,7 @@ handle_batch(void *ud, struct sluice_ctx *ctx,
 	struct sluice_error *err = NULL;
 
 	(void)errs;
+	count_taken(r, n);
 	switch (r->o.sink) {
 	case SINK_DISCARD:
 		break;
@@ -555,6 +698,7 @@ handle_one(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
 	int64_t t0;
 	struct sluice_error *err;
 
+	count_taken(r, 1);
 	if (r->o.sink == SINK_DISCARD) /* no clock on the benchmark path */
 		return NULL;
 	t0 = now_ns();
@@ -635,7 +779,10 @@ signal_main(void *arg)
 					sigabbrev_np(sig));
 				pthread_mutex_unlock(&r->err_mu);
 			}
-			sluice_stream_stop(r->stream);
+			if (r->nsq)
+				sluice_nsq_stop(r->nsq);
+			else
+				sluice_stream_stop(r->stream);
 			sluice_engine_stop(r->e, SLUICE_STOP_DRAIN);
 		} else {
 			sluice_engine_stop(r->e, SLUICE_STOP_NOW);
@@ -644,19 +791,32 @@ signal_main(void *arg)
 	return NULL;
 }
 
+/* Messages read so far: from the stream, or NSQ message frames. */
+static uint64_t
+messages_read(struct run *r)
+{
+	struct sluice_stream_stats ss;
+	struct sluice_nsq_stats ns;
+
+	if (r->nsq) {
+		sluice_nsq_stats(r->nsq, &ns);
+		return ns.messages;
+	}
+	sluice_stream_stats(r->stream, &ss);
+	return ss.messages;
+}
+
 static void
 progress_line(struct run *r, char *buf, size_t size)
 {
 	struct sluice_engine_stats st;
-	struct sluice_stream_stats ss;
 	double secs = (double)(now_ns() - r->t0) / 1e9;
 
 	sluice_engine_stats(r->e, &st);
-	sluice_stream_stats(r->stream, &ss);
 	snprintf(buf, size,
 		 "read %llu  running %llu  ok %llu  retried %llu  "
 		 "dead %llu  %.0f msg/s  %.1fs",
-		 (unsigned long long)ss.messages,
+		 (unsigned long long)messages_read(r),
 		 (unsigned long long)st.running, (unsigned long long)st.handled,
 		 (unsigned long long)st.requeued,
 		 (unsigned long long)st.dead_lettered,
@@ -691,12 +851,15 @@ progress_main(void *arg)
 static uint64_t
 dead_letter_unfinished(struct run *r, uint64_t *failed)
 {
-	struct sluice_source src = sluice_stream_source(r->stream);
+	struct sluice_source src;
 	struct sluice_msg *msgs[64];
 	struct sluice_error *why;
 	uint64_t n = 0;
 	int got, i;
 
+	if (!r->stream)
+		return 0; /* NSQ: the drain gave them back to nsqd */
+	src = sluice_stream_source(r->stream);
 	why = sluice_error_new(SLUICE_CLASS_CANCELED, SLUICE_CODE_DRAIN,
 			       "not finished when sluice stopped");
 	while ((got = sluice_stream_take_unfinished(r->stream, msgs, 64)) > 0) {
@@ -718,13 +881,11 @@ static void
 summary(struct run *r, uint64_t unfinished, const char *input_err)
 {
 	struct sluice_engine_stats st;
-	struct sluice_stream_stats ss;
 	char p50[32], p99[32];
 	double secs = (double)(now_ns() - r->t0) / 1e9;
-	uint64_t dead;
+	uint64_t dead, read = messages_read(r);
 
 	sluice_engine_stats(r->e, &st);
-	sluice_stream_stats(r->stream, &ss);
 	dead = st.dead_lettered + unfinished;
 	cli_format_duration(cli_hist_quantile(&r->hist, 0.50), p50,
 			    sizeof(p50));
@@ -733,8 +894,8 @@ summary(struct run *r, uint64_t unfinished, const char *input_err)
 	fprintf(stderr,
 		"sluice: %llu messages in %.2f s (%.0f msg/s): %llu ok, "
 		"%llu dead-lettered%s%s\n",
-		(unsigned long long)ss.messages, secs,
-		secs > 0 ? (double)ss.messages / secs : 0.0,
+		(unsigned long long)read, secs,
+		secs > 0 ? (double)read / secs : 0.0,
 		(unsigned long long)st.handled, (unsigned long long)dead,
 		dead ? " to " : "",
 		dead ? (r->o.dead_letter ? r->o.dead_letter : "stderr") : "");
@@ -744,6 +905,20 @@ summary(struct run *r, uint64_t unfinished, const char *input_err)
 		(unsigned long long)st.requeued,
 		(unsigned long long)st.timeouts, (unsigned long long)unfinished,
 		r->hist.count ? p50 : "-", r->hist.count ? p99 : "-");
+	if (r->nsq) {
+		struct sluice_nsq_stats ns;
+
+		sluice_nsq_stats(r->nsq, &ns);
+		fprintf(stderr,
+			"        nsq: FIN %llu, REQ %llu, TOUCH %llu, given "
+			"back %llu, reconnects %llu, backoffs %llu\n",
+			(unsigned long long)ns.fins,
+			(unsigned long long)ns.reqs,
+			(unsigned long long)ns.touches,
+			(unsigned long long)ns.handed_back,
+			(unsigned long long)ns.reconnects,
+			(unsigned long long)ns.backoffs);
+	}
 	if (input_err)
 		fprintf(stderr, "sluice: input stopped: %s\n", input_err);
 }
@@ -751,7 +926,7 @@ summary(struct run *r, uint64_t unfinished, const char *input_err)
 static int
 setup_sinks(struct run *r)
 {
-	char err[160];
+	char err[320];
 
 	r->out_fd = 1;
 	if (r->o.sink == SINK_OUTPUT) {
@@ -774,14 +949,13 @@ setup_sinks(struct run *r)
 		return EXIT_USAGE;
 	}
 	if (r->o.dead_letter) {
-		int rc = sluice_dlq_file_open(r->o.dead_letter, true, &r->dlq);
+		int rc = cli_dead_letter_open(r->o.dead_letter,
+					      r->o.n_nsqd ? r->o.nsqd[0] : NULL,
+					      &r->dlq, err, sizeof(err));
 
 		if (rc) {
-			fprintf(stderr, "sluice consume: %s: %s\n",
-				r->o.dead_letter,
-				rc < 0 && rc > -4096 ? strerror(-rc)
-						     : sluice_strerror(rc));
-			return EXIT_CANTCREAT;
+			fprintf(stderr, "sluice consume: %s\n", err);
+			return rc;
 		}
 	} else {
 		r->dlq.ops = &stderr_dlq_ops;
@@ -820,6 +994,7 @@ parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 	       -1) {
 		if (c == 'h') {
 			fputs(usage_text, stdout);
+			fputs(usage_rest, stdout);
 			return -1;
 		}
 		rc = apply(o, c);
@@ -834,6 +1009,20 @@ parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 		return usage_error("%s", "--exit-codes only applies to --exec");
 	if (o->batch_bytes && !o->batch)
 		return usage_error("%s", "--batch-bytes needs --batch N");
+	if ((o->n_nsqd || o->n_lookupd) && !o->topic)
+		return usage_error("%s", "--nsqd/--lookupd need --topic");
+	if (o->topic && !o->n_nsqd && !o->n_lookupd)
+		return usage_error("%s", "--topic needs --nsqd or --lookupd");
+	if (o->topic && *nfiles)
+		return usage_error("%s", "NSQ input takes no FILE arguments");
+	if (o->snappy && o->deflate)
+		return usage_error("%s", "choose one of --snappy, --deflate");
+	if ((o->tls_ca || o->tls_cert || o->tls_key || o->tls_insecure) &&
+	    !o->tls)
+		return usage_error("%s", "--tls-* flags need --tls");
+	if (!o->tls_cert != !o->tls_key)
+		return usage_error("%s",
+				   "--tls-cert and --tls-key go together");
 	if (o->prefetch == PREFETCH_UNSET)
 		o->prefetch = o->sink == SINK_EXEC ? SLUICE_PREFETCH_AUTO
 						   : PREFETCH_BULK;
@@ -850,6 +1039,8 @@ start_debug(struct run *r)
 	rc = sluice_metrics_new(&r->metrics);
 	if (!rc)
 		rc = sluice_engine_export_metrics(r->e, r->metrics);
+	if (!rc && r->nsq)
+		rc = sluice_nsq_export_metrics(r->nsq, r->metrics);
 	if (rc) {
 		fprintf(stderr, "sluice consume: metrics: %s\n",
 			sluice_strerror(rc));
@@ -867,6 +1058,57 @@ start_debug(struct run *r)
 			"sluice: debug endpoint on port %u: /metrics, "
 			"/debug/pprof/\n",
 			(unsigned)sluice_debug_http_port(r->http));
+	return 0;
+}
+
+/* The NSQ source's diagnostics (connections lost, lookupd skipped). */
+static void
+nsq_log(void *ud, const char *line)
+{
+	struct run *r = ud;
+
+	if (r->o.quiet)
+		return;
+	pthread_mutex_lock(&r->err_mu);
+	fprintf(stderr, "\r\033[Ksluice: %s\n", line);
+	pthread_mutex_unlock(&r->err_mu);
+}
+
+static int
+open_nsq(struct run *r)
+{
+	struct sluice_nsq_config nc;
+	char err[512] = "";
+	int rc;
+
+	sluice_nsq_config_init(&nc);
+	nc.nsqd = r->o.nsqd;
+	nc.n_nsqd = r->o.n_nsqd;
+	nc.lookupd = r->o.lookupd;
+	nc.n_lookupd = r->o.n_lookupd;
+	nc.topic = r->o.topic;
+	nc.channel = r->o.channel;
+	nc.max_body = (size_t)r->o.max_body;
+	nc.msg_timeout_ms = (uint32_t)(r->o.msg_timeout_ns / SLUICE_NS_PER_MS);
+	/* Handlers inside their deadline keep their lease (auto-TOUCH). */ nc
+		.touch_deadline_ns = r->o.timeout_ns;
+	nc.tls = r->o.tls;
+	nc.tls_ca_file = r->o.tls_ca;
+	nc.tls_cert_file = r->o.tls_cert;
+	nc.tls_key_file = r->o.tls_key;
+	nc.tls_skip_verify = r->o.tls_insecure;
+	nc.snappy = r->o.snappy;
+	nc.deflate = r->o.deflate;
+	nc.deflate_level = (int)r->o.deflate_level;
+	nc.auth_secret = r->o.auth_secret;
+	nc.log = nsq_log;
+	nc.log_ud = r;
+	rc = sluice_nsq_open(&nc, err, sizeof(err), &r->nsq);
+	if (rc) {
+		fprintf(stderr, "sluice consume: %s\n",
+			*err ? err : sluice_strerror(rc));
+		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_UNAVAILABLE;
+	}
 	return 0;
 }
 
@@ -897,8 +1139,10 @@ run_engine(struct run *r)
 		h.fn = handle_one;
 		h.ud = r;
 	}
-	rc = sluice_engine_new(&cfg, sluice_stream_source(r->stream), h, bh,
-			       &r->dlq, &r->e);
+	rc = sluice_engine_new(&cfg,
+			       r->nsq ? sluice_nsq_source(r->nsq)
+				      : sluice_stream_source(r->stream),
+			       h, bh, &r->dlq, &r->e);
 	if (rc) {
 		fprintf(stderr, "sluice consume: bad configuration: %s\n",
 			sluice_strerror(rc));
@@ -956,18 +1200,24 @@ consume_main(int argc, char **argv)
 	}
 	(void)sluice_exec_become_subreaper();
 
-	sluice_stream_config_init(&sc);
-	sc.paths = (const char *const *)files;
-	sc.npaths = (size_t)nfiles;
-	sc.framing = r.o.framing;
-	sc.max_body = r.o.max_body;
-	sc.capacity = r.o.capacity;
-	sc.limit = r.o.count;
-	rc = sluice_stream_open(&sc, err, sizeof(err), &r.stream);
-	if (rc) {
-		fprintf(stderr, "sluice consume: %s\n",
-			*err ? err : sluice_strerror(rc));
-		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
+	if (r.o.topic) {
+		rc = open_nsq(&r);
+		if (rc)
+			return rc;
+	} else {
+		sluice_stream_config_init(&sc);
+		sc.paths = (const char *const *)files;
+		sc.npaths = (size_t)nfiles;
+		sc.framing = r.o.framing;
+		sc.max_body = r.o.max_body;
+		sc.capacity = r.o.capacity;
+		sc.limit = r.o.count;
+		rc = sluice_stream_open(&sc, err, sizeof(err), &r.stream);
+		if (rc) {
+			fprintf(stderr, "sluice consume: %s\n",
+				*err ? err : sluice_strerror(rc));
+			return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
+		}
 	}
 	rc = run_engine(&r);
 	if (rc)
@@ -991,7 +1241,8 @@ consume_main(int argc, char **argv)
 		pthread_create(&prog_t, NULL, progress_main, &r);
 
 	(void)sluice_engine_wait(r.e, SLUICE_FOREVER);
-	input_rc = sluice_stream_finish(r.stream, err, sizeof(err));
+	input_rc =
+		r.stream ? sluice_stream_finish(r.stream, err, sizeof(err)) : 0;
 	unfinished = dead_letter_unfinished(&r, &lost);
 	atomic_store(&r.done, true);
 	if (progress)
@@ -1016,6 +1267,7 @@ consume_main(int argc, char **argv)
 	sluice_metrics_free(r.metrics);
 	sluice_engine_free(r.e);
 	sluice_stream_free(r.stream);
+	sluice_nsq_free(r.nsq);
 	sluice_dlq_close(&r.dlq);
 	if (r.out_fd > 2)
 		close(r.out_fd);

@@ -4,9 +4,13 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sluice/dlq.h>
+#include <sluice/nsq_producer.h>
 
 #include "cli.h"
 
@@ -155,4 +159,114 @@ cli_hist_quantile(struct cli_hist *h, double q)
 			return bucket_top(b);
 	}
 	return bucket_top(CLI_HIST_BUCKETS - 1);
+}
+
+int
+cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "sluice %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'sluice %s --help'.\n", cmd);
+	return EXIT_USAGE;
+}
+
+int
+cli_parse_hostport(const char *s, uint16_t dflt_port, char *host,
+		   size_t hostsize, uint16_t *port)
+{
+	const char *colon, *end;
+	uint64_t v = dflt_port;
+	size_t n;
+
+	if (!s || !*s)
+		return -1;
+	if (*s == '[') { /* [::1]:4150 */
+		end = strchr(s, ']');
+		if (!end || (end[1] && end[1] != ':'))
+			return -1;
+		colon = end[1] ? end + 1 : NULL;
+		s++;
+	} else {
+		colon = strrchr(s, ':');
+		if (colon && strchr(s, ':') != colon)
+			return -1; /* a bare IPv6 address needs brackets */
+		end = colon ? colon : s + strlen(s);
+	}
+	n = (size_t)(end - s);
+	if (n == 0 || n >= hostsize)
+		return -1;
+	if (colon && cli_parse_uint(colon + 1, 1, 65535, &v))
+		return -1;
+	memcpy(host, s, n);
+	host[n] = '\0';
+	*port = (uint16_t)v;
+	return 0;
+}
+
+int
+cli_dead_letter_open(const char *spec, const char *nsqd, struct sluice_dlq *out,
+		     char *err, size_t errsize)
+{
+	struct sluice_nsq_producer_config cfg;
+	struct sluice_nsq_producer *p;
+	char host[256], addr[300], why[256];
+	const char *topic, *slash;
+	int rc;
+
+	if (strncmp(spec, "nsq://", 6) != 0) {
+		rc = sluice_dlq_file_open(spec, true, out);
+		if (rc == 0)
+			return 0;
+		snprintf(err, errsize, "%s: %s", spec,
+			 rc < 0 && rc > -4096 ? strerror(-rc)
+					      : sluice_strerror(rc));
+		return EXIT_CANTCREAT;
+	}
+	spec += 6;
+	slash = strrchr(spec, '/');
+	if (slash) {
+		if ((size_t)(slash - spec) >= sizeof(addr))
+			goto bad;
+		memcpy(addr, spec, (size_t)(slash - spec));
+		addr[slash - spec] = '\0';
+		nsqd = addr;
+		topic = slash + 1;
+	} else if (nsqd) {
+		topic = spec;
+	} else {
+		snprintf(err, errsize,
+			 "--dead-letter nsq://%s needs --nsqd, or give "
+			 "nsq://HOST:PORT/TOPIC",
+			 spec);
+		return EXIT_USAGE;
+	}
+	sluice_nsq_producer_config_init(&cfg);
+	if (cli_parse_hostport(nsqd, 4150, host, sizeof(host), &cfg.port) ||
+	    !sluice_nsq_name_is_valid(topic))
+		goto bad;
+	cfg.host = host;
+	cfg.client_id = "sluice-dead-letter";
+	cfg.retries = 2; /* a record twice beats a message requeued */
+	rc = sluice_nsq_producer_new(&cfg, why, sizeof(why), &p);
+	if (rc) {
+		snprintf(err, errsize, "--dead-letter: %s",
+			 *why ? why : sluice_strerror(rc));
+		return EXIT_UNAVAILABLE;
+	}
+	rc = sluice_dlq_nsq_open(p, true, topic, out);
+	if (rc == 0)
+		return 0;
+	sluice_nsq_producer_free(p);
+	snprintf(err, errsize, "--dead-letter: %s", sluice_strerror(rc));
+	return EXIT_SOFTWARE;
+bad:
+	snprintf(err, errsize,
+		 "--dead-letter wants nsq://TOPIC, nsq://HOST:PORT/TOPIC "
+		 "(a valid NSQ topic name) or a file, not 'nsq://%s'",
+		 spec);
+	return EXIT_USAGE;
 }

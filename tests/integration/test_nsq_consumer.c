@@ -1,0 +1,1148 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * test_nsq_consumer.c - the many-connection NSQ consumer against several
+ * fake_nsqd children and a fake_lookupd, under a real engine.
+ *
+ * Between the consumer and each fake_nsqd runs a recording proxy (a thread
+ * of this test): it forwards bytes both ways and parses what the client
+ * sends, so the cases assert on the RDY / TOUCH / FIN / REQ commands the
+ * stand-in actually receives: the sum of RDY over live connections is
+ * counted once all client sockets are drained (a pass that reads nothing),
+ * so a RDY moved from one connection to another (the consumer writes the
+ * decrease first) is never counted twice.
+ *
+ * Real time is unavoidable against child processes: the fakes run with
+ * --min-interval 100 and short timers; every wait is on an event (a
+ * child's "ok", the engine's handler calls, the proxy's or the source's
+ * counters) with a 60 s guard, never a sleep standing in for sync.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <sluice/nsq.h>
+
+#include "support.h"
+#include "tls_certs.h"
+#define GUARD_MS 60000
+#define TOPIC    "t"
+#define CHANNEL  "c"
+#define MAXC     4
+
+/* ---- children ---------------------------------------------------------- */
+
+struct child {
+	pid_t pid;
+	int ctl, out, port;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void
+child_line(struct child *c, char *buf, size_t cap)
+{
+	struct pollfd p = { .fd = c->out, .events = POLLIN };
+	size_t n = 0;
+
+	while (n + 1 < cap) {
+		CHECK_GT(poll(&p, 1, GUARD_MS), 0);
+		CHECK_EQ(read(c->out, buf + n, 1), 1);
+		if (buf[n] == '\n')
+			break;
+		n++;
+	}
+	buf[n] = '\0';
+}
+
+/* Start the program named by $@env (else beside this binary) with @args. */
+static void
+child_start(struct child *c, const char *env, const char *name,
+	    const char *const *args)
+{
+	const char *e = getenv(env), *argv[16];
+	char path[PATH_MAX], line[128];
+	int in[2], out[2];
+	size_t i = 0;
+	ssize_t n;
+
+	if (e && *e) {
+		snprintf(path, sizeof(path), "%s", e);
+	} else {
+		n = readlink("/proc/self/exe", path, sizeof(path) - 32);
+		CHECK_GT(n, 0);
+		path[n] = '\0';
+		snprintf(strrchr(path, '/'), 32, "/%s", name);
+	}
+	if (access(path, X_OK) != 0)
+		CHECK_FAIL("set SLUICE_FAKE_NSQD / SLUICE_FAKE_LOOKUPD");
+	argv[i++] = path;
+	while (args && *args && i < 15)
+		argv[i++] = *args++;
+	argv[i] = NULL;
+	CHECK_OK(pipe(in));
+	CHECK_OK(pipe(out));
+	fflush(NULL);
+	c->pid = fork();
+	CHECK_GE(c->pid, 0);
+	if (c->pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		close(in[0]);
+		close(in[1]);
+		close(out[0]);
+		close(out[1]);
+		execv(path, (char *const *)(uintptr_t)argv);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	c->ctl = in[1];
+	c->out = out[0];
+	signal(SIGPIPE, SIG_IGN);
+	child_line(c, line, sizeof(line));
+	CHECK(strncmp(line, "listening on ", 13) == 0);
+	c->port = (int)strtol(line + 13, NULL, 10);
+	CHECK_GT(c->port, 0);
+}
+
+static void
+child_stop(struct child *c)
+{
+	int st;
+
+	close(c->ctl);
+	kill(c->pid, SIGKILL);
+	CHECK_EQ(waitpid(c->pid, &st, 0), c->pid);
+	close(c->out);
+}
+
+static void
+child_ctl(struct child *c, const char *cmd)
+{
+	char line[64];
+
+	CHECK_EQ(write(c->ctl, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
+	CHECK_EQ(write(c->ctl, "\n", 1), 1);
+	child_line(c, line, sizeof(line));
+	CHECK_STREQ(line, "ok");
+}
+
+/* fake_nsqd on @port (0 = any) with fast timers and the NULL-terminated
+ * @extra arguments (may be NULL). */
+static void
+nsqd_start(struct child *c, int port, const char *const *extra)
+{
+	char p[16];
+	const char *args[16] = { p, "--min-interval", "100" };
+	size_t i = 3;
+
+	while (extra && *extra && i < 15)
+		args[i++] = *extra++;
+	args[i] = NULL;
+	snprintf(p, sizeof(p), "%d", port);
+	child_start(c, "SLUICE_FAKE_NSQD", "fake_nsqd", args);
+}
+
+static void
+pub(struct child *c, const char *body)
+{
+	char cmd[128];
+
+	snprintf(cmd, sizeof(cmd), "pub " TOPIC " %s", body);
+	child_ctl(c, cmd);
+}
+
+/* ---- the recording proxy ----------------------------------------------- */
+
+struct pair {
+	int cfd, ufd;
+	bool live;
+	uint32_t rdy;
+	char line[128];
+	size_t len;
+	uint32_t skip; /* IDENTIFY body bytes still to skip */
+	int hdr;       /* size bytes still to read after IDENTIFY */
+};
+
+static struct {
+	pthread_mutex_t mu;
+	pthread_t t;
+	int lfd[MAXC], up[MAXC], port[MAXC], n;
+	struct pair p[64];
+	int np;
+	int wake[2];
+	bool stop;
+	/* what the stand-ins received (mu) */
+	uint64_t rdy_sum, max_rdy_sum, touches, fins, reqs, rdy_cmds;
+	uint32_t last_rdy;
+	bool zero_seen; /* the sum fell to 0 after being > 0 */
+	int64_t last_touch_ms;
+} px = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static void
+px_recount(void)
+{
+	uint64_t sum = 0;
+	int i;
+
+	for (i = 0; i < px.np; i++)
+		if (px.p[i].live)
+			sum += px.p[i].rdy;
+	if (sum == 0 && px.rdy_sum > 0)
+		px.zero_seen = true;
+	px.rdy_sum = sum;
+	if (sum > px.max_rdy_sum)
+		px.max_rdy_sum = sum;
+}
+
+static void
+px_line(struct pair *p)
+{
+	p->line[p->len] = '\0';
+	if (strcmp(p->line, "IDENTIFY") == 0) {
+		p->hdr = 4;
+		p->skip = 0;
+	} else if (strncmp(p->line, "RDY ", 4) == 0) {
+		p->rdy = (uint32_t)strtoul(p->line + 4, NULL, 10);
+		px.last_rdy = p->rdy;
+		px.rdy_cmds++;
+	} else if (strncmp(p->line, "TOUCH ", 6) == 0) {
+		px.touches++;
+		px.last_touch_ms = now_ms();
+	} else if (strncmp(p->line, "FIN ", 4) == 0) {
+		px.fins++;
+	} else if (strncmp(p->line, "REQ ", 4) == 0) {
+		px.reqs++;
+	}
+	p->len = 0;
+}
+
+/* Parse client bytes (px.mu held). */
+static void
+px_parse(struct pair *p, const uint8_t *b, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (p->hdr > 0) {
+			p->skip = p->skip << 8 | b[i];
+			p->hdr--;
+			continue;
+		}
+		if (p->skip > 0) {
+			p->skip--;
+			continue;
+		}
+		if (b[i] == '\n')
+			px_line(p);
+		else if (p->len + 1 < sizeof(p->line))
+			p->line[p->len++] = (char)b[i];
+	}
+}
+
+static int
+px_connect(int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	a.sin_port = htons((uint16_t)port);
+	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		close(fd);
+		fd = -1;
+	}
+	return fd;
+}
+
+static void
+px_kill(struct pair *p)
+{
+	if (!p->live)
+		return;
+	close(p->cfd);
+	close(p->ufd);
+	p->live = false;
+	p->rdy = 0;
+}
+
+static void *
+px_main(void *arg)
+{
+	struct pollfd f[MAXC + 2 * 64 + 1];
+	int map[MAXC + 2 * 64 + 1];
+	uint8_t buf[65536];
+
+	(void)arg;
+	for (;;) {
+		int k = 0, i, j;
+
+		pthread_mutex_lock(&px.mu);
+		if (px.stop) {
+			pthread_mutex_unlock(&px.mu);
+			break;
+		}
+		f[k] = (struct pollfd){ .fd = px.wake[0], .events = POLLIN };
+		map[k++] = -1;
+		for (i = 0; i < px.n; i++) {
+			f[k] = (struct pollfd){ .fd = px.lfd[i],
+						.events = POLLIN };
+			map[k++] = 1000 + i;
+		}
+		for (i = 0; i < px.np; i++) {
+			if (!px.p[i].live)
+				continue;
+			f[k] = (struct pollfd){ .fd = px.p[i].cfd,
+						.events = POLLIN };
+			map[k++] = 2 * i;
+			f[k] = (struct pollfd){ .fd = px.p[i].ufd,
+						.events = POLLIN };
+			map[k++] = 2 * i + 1;
+		}
+		pthread_mutex_unlock(&px.mu);
+		if (poll(f, (nfds_t)k, 1000) <= 0)
+			continue;
+		pthread_mutex_lock(&px.mu);
+		for (j = 1; j < k; j++) {
+			struct pair *p;
+			ssize_t r;
+
+			if (!f[j].revents)
+				continue;
+			if (map[j] >= 1000) {
+				int cfd = accept(f[j].fd, NULL, NULL);
+				int ufd =
+					cfd >= 0 ? px_connect(
+							   px.up[map[j] - 1000])
+						 : -1;
+
+				if (cfd >= 0 && (ufd < 0 || px.np == 64)) {
+					close(cfd);
+					if (ufd >= 0)
+						close(ufd);
+					continue;
+				}
+				if (cfd >= 0)
+					px.p[px.np++] = (struct pair){
+						.cfd = cfd,
+						.ufd = ufd,
+						.live = true,
+					};
+				continue;
+			}
+			p = &px.p[map[j] / 2];
+			if (!p->live || map[j] % 2 == 0)
+				continue;
+			r = read(p->ufd, buf, sizeof(buf));
+			if (r <= 0)
+				px_kill(p);
+			else
+				(void)!write(p->cfd, buf, (size_t)r);
+		}
+		/* Client bytes: read every connection until a whole pass
+		 * finds nothing, then count: whatever was written before
+		 * the last bytes seen has been seen too (top comment). */
+		for (;;) {
+			bool more = false;
+
+			for (i = 0; i < px.np; i++) {
+				struct pair *p = &px.p[i];
+				ssize_t r;
+
+				if (!p->live)
+					continue;
+				r = recv(p->cfd, buf, sizeof(buf),
+					 MSG_DONTWAIT);
+				if (r == 0 || (r < 0 && errno != EAGAIN)) {
+					px_kill(p);
+					more = true;
+				} else if (r > 0) {
+					px_parse(p, buf, (size_t)r);
+					(void)!write(p->ufd, buf, (size_t)r);
+					more = true;
+				}
+			}
+			if (!more)
+				break;
+		}
+		px_recount();
+		pthread_mutex_unlock(&px.mu);
+		if (f[0].revents) {
+			char c;
+
+			(void)!read(px.wake[0], &c, 1);
+		}
+	}
+	return NULL;
+}
+
+/* Proxy a listener on a free port to each of @up[0..@n). */
+static void
+px_start(const int *up, int n)
+{
+	int i;
+
+	CHECK_OK(pipe(px.wake));
+	for (i = 0; i < n; i++) {
+		struct sockaddr_in a = { .sin_family = AF_INET };
+		socklen_t len = sizeof(a);
+		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		CHECK_OK(bind(fd, (struct sockaddr *)&a, sizeof(a)));
+		CHECK_OK(listen(fd, 16));
+		CHECK_OK(getsockname(fd, (struct sockaddr *)&a, &len));
+		px.lfd[i] = fd;
+		px.up[i] = up[i];
+		px.port[i] = ntohs(a.sin_port);
+	}
+	px.n = n;
+	CHECK_OK(pthread_create(&px.t, NULL, px_main, NULL));
+}
+
+static void
+px_stop(void)
+{
+	int i;
+
+	pthread_mutex_lock(&px.mu);
+	px.stop = true;
+	pthread_mutex_unlock(&px.mu);
+	(void)!write(px.wake[1], "x", 1);
+	CHECK_OK(pthread_join(px.t, NULL));
+	for (i = 0; i < px.np; i++)
+		px_kill(&px.p[i]);
+	for (i = 0; i < px.n; i++)
+		close(px.lfd[i]);
+}
+
+enum pxf {
+	PX_RDY_SUM,
+	PX_MAX_RDY_SUM,
+	PX_TOUCHES,
+	PX_FINS,
+	PX_REQS,
+	PX_LAST_RDY,
+	PX_ZERO_SEEN,
+	PX_LAST_TOUCH
+};
+
+/* One of the proxy's records, read under its lock. */
+static int64_t
+px_get(enum pxf f)
+{
+	int64_t v = 0;
+
+	pthread_mutex_lock(&px.mu);
+	switch (f) {
+	case PX_RDY_SUM:
+		v = (int64_t)px.rdy_sum;
+		break;
+	case PX_MAX_RDY_SUM:
+		v = (int64_t)px.max_rdy_sum;
+		break;
+	case PX_TOUCHES:
+		v = (int64_t)px.touches;
+		break;
+	case PX_FINS:
+		v = (int64_t)px.fins;
+		break;
+	case PX_REQS:
+		v = (int64_t)px.reqs;
+		break;
+	case PX_LAST_RDY:
+		v = px.last_rdy;
+		break;
+	case PX_ZERO_SEEN:
+		v = px.zero_seen;
+		break;
+	case PX_LAST_TOUCH:
+		v = px.last_touch_ms;
+		break;
+	}
+	pthread_mutex_unlock(&px.mu);
+	return v;
+}
+
+/* ---- the consumer ------------------------------------------------------ */
+
+static struct sluice_nsq_stats
+stats(struct sluice_nsq *n)
+{
+	struct sluice_nsq_stats st;
+
+	sluice_nsq_stats(n, &st);
+	return st;
+}
+
+/* Poll @cond (60 s guard); the 2 ms pause only paces the polling. */
+#define WAIT_FOR(cond)                                          \
+	do {                                                    \
+		int64_t until_ = now_ms() + GUARD_MS;           \
+		struct timespec ts_ = { 0, 2 * 1000 * 1000 };   \
+		while (!(cond)) {                               \
+			if (now_ms() > until_)                  \
+				CHECK_FAIL("WAIT_FOR: " #cond); \
+			nanosleep(&ts_, NULL);                  \
+		}                                               \
+	} while (0)
+
+static void
+cfg_base(struct sluice_nsq_config *cfg)
+{
+	sluice_nsq_config_init(cfg);
+	cfg->topic = TOPIC;
+	cfg->channel = CHANNEL;
+	cfg->heartbeat_ms = 200;
+	cfg->msg_timeout_ms = 1000;
+	cfg->reconnect_min_ns = 50 * SLUICE_NS_PER_MS;
+	cfg->reconnect_max_ns = 200 * SLUICE_NS_PER_MS;
+	cfg->rdy_redistribute_ns = 50 * SLUICE_NS_PER_MS;
+	cfg->low_rdy_idle_ns = 200 * SLUICE_NS_PER_MS;
+	cfg->low_rdy_ns = 400 * SLUICE_NS_PER_MS;
+	cfg->backoff_unit_ns = 200 * SLUICE_NS_PER_MS;
+	cfg->backoff_max_ns = 2 * SLUICE_NS_PER_S;
+}
+
+static struct sluice_nsq *
+open_nsq(struct sluice_nsq_config *cfg)
+{
+	struct sluice_nsq *n = NULL;
+	char err[256];
+	int rc = sluice_nsq_open(cfg, err, sizeof(err), &n);
+
+	if (rc)
+		fprintf(stderr, "  open: %s (%s)\n", err, sluice_err_name(rc));
+	CHECK_OK(rc);
+	return n;
+}
+
+/* Handler: bodies starting with "fail" fail TEMPORARY, others succeed;
+ * every call is counted by body in `seen`. */
+#define NB 512
+static struct {
+	pthread_mutex_t mu;
+	struct monitor mon;
+	int count[NB];
+	int fails;
+} seen = { .mu = PTHREAD_MUTEX_INITIALIZER };
+
+static struct sluice_error *
+handle(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
+{
+	char b[32] = "";
+	int i;
+
+	(void)ud;
+	(void)ctx;
+	memcpy(b, m->body, m->body_len < 31 ? m->body_len : 31);
+	pthread_mutex_lock(&seen.mu);
+	if (b[0] == 'm') {
+		i = atoi(b + 1);
+		if (i >= 0 && i < NB)
+			seen.count[i]++;
+	}
+	pthread_mutex_unlock(&seen.mu);
+	monitor_post(&seen.mon);
+	/* "fail..." fails its first two deliveries. */
+	if (strncmp(b, "fail", 4) == 0 && m->attempts < 3) {
+		pthread_mutex_lock(&seen.mu);
+		seen.fails++;
+		pthread_mutex_unlock(&seen.mu);
+		return sluice_error_new(SLUICE_CLASS_TEMPORARY, 0, "fail");
+	}
+	return NULL;
+}
+
+static struct sluice_engine *
+engine_on(struct sluice_nsq *n, unsigned workers, unsigned prefetch)
+{
+	struct sluice_engine_config ec;
+	struct sluice_engine *e = NULL;
+
+	monitor_init(&seen.mon);
+	sluice_engine_config_init(&ec);
+	ec.workers = workers;
+	ec.prefetch = prefetch;
+	ec.retry.min_ns = 10 * SLUICE_NS_PER_MS;
+	ec.retry.max_ns = 10 * SLUICE_NS_PER_MS;
+	CHECK_OK(sluice_engine_new(&ec, sluice_nsq_source(n),
+				   (struct sluice_handler){ handle, NULL },
+				   (struct sluice_batch_handler){ 0 }, NULL,
+				   &e));
+	CHECK_OK(sluice_engine_start(e));
+	return e;
+}
+
+static struct sluice_engine_stats
+engine_finish(struct sluice_engine *e)
+{
+	struct sluice_engine_stats es;
+
+	sluice_engine_stop(e, SLUICE_STOP_DRAIN);
+	CHECK_OK(sluice_engine_wait(e, SLUICE_FOREVER));
+	sluice_engine_stats(e, &es);
+	sluice_engine_free(e);
+	return es;
+}
+
+static void
+pub_range(struct child *c, int first, int count)
+{
+	char b[16];
+	int i;
+
+	for (i = first; i < first + count; i++) {
+		snprintf(b, sizeof(b), "m%d", i);
+		pub(c, b);
+	}
+}
+
+static void
+check_each_once_or_more(int count)
+{
+	int i;
+
+	pthread_mutex_lock(&seen.mu);
+	for (i = 0; i < count; i++)
+		CHECK_GE(seen.count[i], 1);
+	pthread_mutex_unlock(&seen.mu);
+}
+
+static int
+seen_total(int count)
+{
+	int i, t = 0;
+
+	pthread_mutex_lock(&seen.mu);
+	for (i = 0; i < count; i++)
+		t += seen.count[i] > 0;
+	pthread_mutex_unlock(&seen.mu);
+	return t;
+}
+
+static const char *
+addr_of(char *buf, size_t cap, int port)
+{
+	snprintf(buf, cap, "127.0.0.1:%d", port);
+	return buf;
+}
+
+/* One fake_nsqd @d behind the proxy; @cfg (from cfg_base(), adjusted by
+ * the caller) gets its address; the source is opened. */
+static struct sluice_nsq *
+open_proxied(struct child *d, struct sluice_nsq_config *cfg)
+{
+	char a[32];
+	const char *addrs[1];
+
+	nsqd_start(d, 0, NULL);
+	px_start(&d->port, 1);
+	addrs[0] = addr_of(a, sizeof(a), px.port[0]);
+	cfg->nsqd = addrs;
+	cfg->n_nsqd = 1;
+	return open_nsq(cfg); /* the addresses are copied */
+}
+
+/* Fetch one message (60 s guard). */
+static int
+fetch_one(struct sluice_source src, struct sluice_msg **m)
+{
+	return src.ops->fetch(src.self, m, 1,
+			      sluice_clock_now_ns(sluice_clock_monotonic()) +
+				      GUARD_MS * SLUICE_NS_PER_MS);
+}
+
+/* ---- cases ------------------------------------------------------------- */
+
+/* Two nsqd, credit 5: RDY 2 + 2, never more than 5 in sum at the
+ * stand-ins; every message handled once; accounting holds. */
+static void
+test_rdy_spread_and_sum(void)
+{
+	struct child d[2];
+	struct sluice_nsq_config cfg;
+	struct sluice_engine_stats es;
+	struct sluice_nsq_stats st;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	char a0[32], a1[32];
+	const char *addrs[2];
+	int up[2];
+
+	nsqd_start(&d[0], 0, NULL);
+	nsqd_start(&d[1], 0, NULL);
+	up[0] = d[0].port;
+	up[1] = d[1].port;
+	px_start(up, 2);
+	cfg_base(&cfg);
+	addrs[0] = addr_of(a0, sizeof(a0), px.port[0]);
+	addrs[1] = addr_of(a1, sizeof(a1), px.port[1]);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 2;
+	n = open_nsq(&cfg);
+	e = engine_on(n, 4, 1); /* credit 5 */
+	WAIT_FOR(px_get(PX_RDY_SUM) == 4);
+	pub_range(&d[0], 0, 100);
+	pub_range(&d[1], 100, 100);
+	monitor_wait(&seen.mon, 200);
+	check_each_once_or_more(200);
+	st = stats(n);
+	CHECK_EQ(st.credit, 5u);
+	CHECK_EQ(st.rdy, 4u); /* trunc(5 / 2) each */
+	CHECK_EQ(st.connections, 2u);
+	es = engine_finish(e);
+	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	CHECK_EQ(es.handled, 200u);
+	WAIT_FOR(px_get(PX_FINS) == 200);
+	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
+	CHECK_LE(stats(n).max_rdy_sum, 5u);
+	sluice_nsq_free(n);
+	px_stop();
+	child_stop(&d[0]);
+	child_stop(&d[1]);
+}
+
+/* Three nsqd, credit 1: RDY 1 rotates (idle timeout) so every nsqd is
+ * served, and the stand-ins never see more than 1 in sum. */
+static void
+test_more_connections_than_credit(void)
+{
+	struct child d[3];
+	struct sluice_nsq_config cfg;
+	struct sluice_engine_stats es;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	char a[3][32];
+	const char *addrs[3];
+	int up[3], i;
+
+	for (i = 0; i < 3; i++) {
+		nsqd_start(&d[i], 0, NULL);
+		up[i] = d[i].port;
+	}
+	px_start(up, 3);
+	cfg_base(&cfg);
+	for (i = 0; i < 3; i++)
+		addrs[i] = addr_of(a[i], sizeof(a[i]), px.port[i]);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 3;
+	n = open_nsq(&cfg);
+	e = engine_on(n, 1, 0); /* credit 1 */
+	for (i = 0; i < 3; i++)
+		pub_range(&d[i], i * 5, 5);
+	monitor_wait(&seen.mon, 15);
+	check_each_once_or_more(15);
+	CHECK_LE(px_get(PX_MAX_RDY_SUM), 1u);
+	es = engine_finish(e);
+	CHECK_EQ(es.handled, 15u);
+	CHECK_LE(stats(n).max_rdy_sum, 1u);
+	sluice_nsq_free(n);
+	px_stop();
+	for (i = 0; i < 3; i++)
+		child_stop(&d[i]);
+}
+
+/* Drops, a malformed frame and a restart of one stand-in on the same port:
+ * every message is handled, FIN + REQ + dead-lettered = delivered. */
+static void
+test_accounting_under_drops_and_restart(void)
+{
+	struct child d[2];
+	struct sluice_nsq_config cfg;
+	struct sluice_engine_stats es;
+	struct sluice_nsq_stats st;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	char a0[32], a1[32];
+	const char *addrs[2];
+	int port1;
+
+	nsqd_start(&d[0], 0, NULL);
+	nsqd_start(&d[1], 0, NULL);
+	port1 = d[1].port;
+	cfg_base(&cfg);
+	addrs[0] = addr_of(a0, sizeof(a0), d[0].port);
+	addrs[1] = addr_of(a1, sizeof(a1), d[1].port);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 2;
+	n = open_nsq(&cfg);
+	e = engine_on(n, 4, 4);
+	pub_range(&d[0], 0, 50);
+	child_ctl(&d[0], "drop");
+	WAIT_FOR(stats(n).reconnects == 1 && stats(n).connections == 2);
+	pub_range(&d[0], 50, 50);
+	child_ctl(&d[0], "malformed");
+	WAIT_FOR(stats(n).reconnects == 2 && stats(n).connections == 2);
+	pub_range(&d[1], 100, 50);
+	WAIT_FOR(seen_total(150) == 150);
+	/* Restart d[1]: kill it and start a new one on the same port. */
+	child_stop(&d[1]);
+	WAIT_FOR(stats(n).connections == 1);
+	nsqd_start(&d[1], port1, NULL);
+	WAIT_FOR(stats(n).connections == 2);
+	pub_range(&d[1], 150, 50);
+	WAIT_FOR(seen_total(200) == 200);
+	st = stats(n);
+	CHECK_GE(st.disconnects, 3u);
+	CHECK_GE(st.reconnects, 3u);
+	es = engine_finish(e);
+	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	st = stats(n);
+	/* An ack whose connection died meanwhile is refused (ESTALE): nsqd
+	 * redelivers that message, and the engine counts it in ack_failed. */
+	CHECK_EQ(st.fins, es.handled - es.ack_failed);
+	CHECK_EQ(st.fins + st.reqs + st.refused, es.delivered);
+	sluice_nsq_free(n);
+	child_stop(&d[0]);
+	child_stop(&d[1]);
+}
+
+/* Auto-TOUCH: a held message is touched before its 1 s lease runs out,
+ * until its 2.5 s deadline; then touching stops and nsqd redelivers it. */
+static void
+test_auto_touch_until_deadline(void)
+{
+	struct child d;
+	struct sluice_nsq_config cfg;
+	struct sluice_source src;
+	struct sluice_msg *m, *m2;
+	struct sluice_nsq *n;
+	int64_t touches, t0;
+
+	cfg_base(&cfg);
+	cfg.touch_deadline_ns = 2500 * SLUICE_NS_PER_MS;
+	n = open_proxied(&d, &cfg);
+	src = sluice_nsq_source(n);
+	src.ops->set_credit(src.self, 1);
+	pub(&d, "hold");
+	CHECK_EQ(fetch_one(src, &m), 1);
+	t0 = now_ms();
+	/* Redelivered only after touching stopped: 2.5 s + ~1 s lease. */
+	CHECK_EQ(fetch_one(src, &m2), 1);
+	CHECK_EQ(m2->attempts, 2u);
+	CHECK_MEMEQ(m2->id, m->id, 16);
+	CHECK_GE(now_ms() - t0, 2500);
+	touches = px_get(PX_TOUCHES);
+	CHECK_GE(touches, 2u); /* at ~0.67 s and ~1.33 s (and ~2 s) */
+	CHECK_LE(touches, 3u);
+	/* The last touch came before the deadline. */
+	CHECK_LE(px_get(PX_LAST_TOUCH) - t0, 2500);
+	src.ops->release(src.self, &m, 1);
+	CHECK_EQ(src.ops->ack(src.self, &m2, 1), 0);
+	src.ops->release(src.self, &m2, 1);
+	CHECK_EQ(stats(n).fin_failed, 0u);
+	sluice_nsq_free(n);
+	px_stop();
+	child_stop(&d);
+}
+
+/* A handler inside its deadline but past the lease: touched, so its FIN
+ * is accepted (no E_FIN_FAILED, no redelivery). */
+static void
+test_auto_touch_keeps_lease(void)
+{
+	struct child d;
+	struct sluice_nsq_config cfg;
+	struct sluice_source src;
+	struct sluice_nsq_stats st;
+	struct sluice_msg *m;
+	struct sluice_nsq *n;
+	uint64_t hb;
+
+	cfg_base(&cfg);
+	cfg.touch_deadline_ns = 30 * SLUICE_NS_PER_S;
+	n = open_proxied(&d, &cfg);
+	src = sluice_nsq_source(n);
+	src.ops->set_credit(src.self, 1);
+	pub(&d, "slow");
+	CHECK_EQ(fetch_one(src, &m), 1);
+	/* Hold it for 2 leases (10 heartbeats of 200 ms). */
+	hb = stats(n).heartbeats;
+	WAIT_FOR(stats(n).heartbeats >= hb + 10);
+	CHECK_GE(px_get(PX_TOUCHES), 2u);
+	CHECK_EQ(src.ops->ack(src.self, &m, 1), 0);
+	src.ops->release(src.self, &m, 1);
+	WAIT_FOR(px_get(PX_FINS) == 1);
+	hb = stats(n).heartbeats;
+	WAIT_FOR(stats(n).heartbeats >= hb + 2);
+	st = stats(n);
+	CHECK_EQ(st.fin_failed, 0u);
+	CHECK_EQ(st.messages, 1u); /* never redelivered */
+	sluice_nsq_free(n);
+	px_stop();
+	child_stop(&d);
+}
+
+/* Backoff: a TEMPORARY failure sets RDY 0, a probe RDY 1 follows the
+ * period, the probe survives a reconnect, success restores full credit. */
+static void
+test_backoff_probe_recovery_across_reconnect(void)
+{
+	struct child d;
+	struct sluice_nsq_config cfg;
+	struct sluice_engine_stats es;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+
+	cfg_base(&cfg);
+	cfg.backoff_unit_ns = 300 * SLUICE_NS_PER_MS;
+	n = open_proxied(&d, &cfg);
+	e = engine_on(n, 4, 1);
+	WAIT_FOR(px_get(PX_RDY_SUM) == 5);
+	pub(&d, "fail-1");
+	/* Failure: RDY 0 everywhere, level 1; after 300 ms the probe (RDY
+	 * 1) takes the redelivery, which fails again: level 2.  (Counted,
+	 * not sampled: a loaded machine may pass the 600 ms period.) */
+	WAIT_FOR(stats(n).backoffs >= 2);
+	WAIT_FOR(px_get(PX_ZERO_SEEN));
+	/* Lose the connection while backing off: the probe must come back
+	 * on the new connection (go-nsq #106/#127). */
+	child_ctl(&d, "drop");
+	WAIT_FOR(stats(n).reconnects >= 1);
+	CHECK_GE(stats(n).backoff_level, 1u);
+	/* Attempt 3 succeeds, then ok-1: each success steps down; level 0
+	 * gives full credit again. */
+	pub(&d, "ok-1");
+	WAIT_FOR(stats(n).backoff_level == 0 && px_get(PX_RDY_SUM) == 5);
+	pthread_mutex_lock(&seen.mu);
+	CHECK_EQ(seen.fails, 2);
+	pthread_mutex_unlock(&seen.mu);
+	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
+	CHECK_GE(stats(n).backoffs, 1u);
+	es = engine_finish(e);
+	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	sluice_nsq_free(n);
+	px_stop();
+	child_stop(&d);
+}
+
+/* Permanent errors never back off (dead-letter, then FIN). */
+static void
+test_lookupd_adds_and_removes_producers(void)
+{
+	struct child d[2], l;
+	struct sluice_nsq_config cfg;
+	struct sluice_engine_stats es;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	char url[64], cmd[64];
+	const char *urls[1];
+
+	nsqd_start(&d[0], 0, NULL);
+	nsqd_start(&d[1], 0, NULL);
+	child_start(&l, "SLUICE_FAKE_LOOKUPD", "fake_lookupd", NULL);
+	cfg_base(&cfg);
+	snprintf(url, sizeof(url), "127.0.0.1:%d", l.port);
+	urls[0] = url;
+	cfg.lookupd = urls;
+	cfg.n_lookupd = 1;
+	cfg.lookupd_poll_ns = 100 * SLUICE_NS_PER_MS;
+	n = open_nsq(&cfg); /* 404 TOPIC_NOT_FOUND: no producers yet */
+	CHECK_EQ(stats(n).connections, 0u);
+	CHECK_EQ(stats(n).lookupd_errors, 0u);
+	e = engine_on(n, 2, 0);
+	snprintf(cmd, sizeof(cmd), "add 127.0.0.1 %d", d[0].port);
+	child_ctl(&l, cmd);
+	WAIT_FOR(stats(n).connections == 1);
+	snprintf(cmd, sizeof(cmd), "add 127.0.0.1 %d", d[1].port);
+	child_ctl(&l, cmd);
+	WAIT_FOR(stats(n).connections == 2);
+	pub_range(&d[0], 0, 10);
+	pub_range(&d[1], 10, 10);
+	WAIT_FOR(seen_total(20) == 20);
+	/* A failing lookupd is skipped and nothing is dropped. */
+	child_ctl(&l, "fail");
+	WAIT_FOR(stats(n).lookupd_errors >= 2);
+	CHECK_EQ(stats(n).connections, 2u);
+	child_ctl(&l, "heal");
+	snprintf(cmd, sizeof(cmd), "remove 127.0.0.1 %d", d[0].port);
+	child_ctl(&l, cmd);
+	WAIT_FOR(stats(n).connections == 1);
+	pub_range(&d[1], 20, 10);
+	WAIT_FOR(seen_total(30) == 30);
+	es = engine_finish(e);
+	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	CHECK_EQ(stats(n).disconnects, 0u); /* removed by CLS, not lost */
+	sluice_nsq_free(n);
+	child_stop(&l);
+	child_stop(&d[0]);
+	child_stop(&d[1]);
+}
+
+/* A frame over max_body: clear error, reconnect, consumption goes on. */
+static void
+test_oversized_frame_reconnects(void)
+{
+	struct child d;
+	struct sluice_nsq_config cfg;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	char a[32], err[256];
+	const char *addrs[1];
+
+	nsqd_start(&d, 0, NULL);
+	cfg_base(&cfg);
+	addrs[0] = addr_of(a, sizeof(a), d.port);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 1;
+	n = open_nsq(&cfg);
+	e = engine_on(n, 2, 0);
+	child_ctl(&d, "oversized");
+	WAIT_FOR(stats(n).reconnects == 1 && stats(n).connections == 1);
+	CHECK_EQ(stats(n).error, SLUICE_EMSGSIZE);
+	sluice_nsq_last_error(n, err, sizeof(err));
+	CHECK(strstr(err, "bad frame") != NULL);
+	pub_range(&d, 0, 5);
+	WAIT_FOR(seen_total(5) == 5);
+	(void)engine_finish(e);
+	sluice_nsq_free(n);
+	child_stop(&d);
+}
+
+/* Graceful stop: messages nsqd pushed that no handler took go back with
+ * REQ 0, everything handled is FIN'd: fins + handed back = messages. */
+static void
+test_graceful_stop_requeues_remaining(void)
+{
+	struct child d;
+	struct sluice_nsq_config cfg;
+	struct sluice_source src;
+	struct sluice_msg *m;
+	struct sluice_nsq *n;
+
+	cfg_base(&cfg);
+	n = open_proxied(&d, &cfg);
+	src = sluice_nsq_source(n);
+	src.ops->set_credit(src.self, 5);
+	pub_range(&d, 0, 5);
+	WAIT_FOR(stats(n).messages == 5);
+	CHECK_EQ(src.ops->fetch(src.self, &m, 1, 0), 1);
+	CHECK_EQ(src.ops->ack(src.self, &m, 1), 0);
+	src.ops->release(src.self, &m, 1);
+	sluice_nsq_stop(n);
+	sluice_nsq_free(n); /* the engine's close() path */
+	WAIT_FOR(px_get(PX_REQS) == 4 && px_get(PX_FINS) == 1);
+	px_stop();
+	child_stop(&d);
+}
+
+/* 20 messages through a fake_nsqd started with @args, consumed with @cfg
+ * (its address filled in here); returns the source's stats. */
+static struct sluice_nsq_stats
+through(const char *const *args, struct sluice_nsq_config *cfg)
+{
+	struct sluice_nsq_stats st;
+	struct sluice_engine_stats es;
+	struct sluice_engine *e;
+	struct sluice_nsq *n;
+	struct child d;
+	char a[32];
+	const char *addrs[1];
+
+	memset(&seen.count, 0, sizeof(seen.count));
+	nsqd_start(&d, 0, args);
+	addrs[0] = addr_of(a, sizeof(a), d.port);
+	cfg->nsqd = addrs;
+	cfg->n_nsqd = 1;
+	n = open_nsq(cfg);
+	e = engine_on(n, 2, 1);
+	pub_range(&d, 0, 20);
+	WAIT_FOR(seen_total(20) == 20);
+	es = engine_finish(e);
+	CHECK_EQ(es.handled, 20u);
+	st = stats(n);
+	CHECK_EQ(st.fins, 20u);
+	sluice_nsq_free(n);
+	child_stop(&d);
+	return st;
+}
+
+/* TLS (verified by host name against the test CA), snappy, deflate and
+ * AUTH, each negotiated by the handshake and carrying the traffic; TLS
+ * asked of a server without a certificate, or a wrong AUTH secret, fail
+ * the open with the reason. */
+static void
+test_tls_compression_and_auth(void)
+{
+	static const char *const snappy[] = { "--snappy", NULL };
+	static const char *const deflate[] = { "--deflate", NULL };
+	static const char *const auth[] = { "--auth-secret", "s3cret", NULL };
+	struct sluice_nsq_config cfg;
+	struct sluice_nsq *n = NULL;
+	struct certs ct;
+	struct child d;
+	char a[32], err[256];
+	const char *addrs[1];
+
+	cfg_base(&cfg);
+	cfg.snappy = true;
+	(void)through(snappy, &cfg);
+	cfg_base(&cfg);
+	cfg.deflate = true;
+	cfg.deflate_level = 3;
+	(void)through(deflate, &cfg);
+	cfg_base(&cfg);
+	cfg.auth_secret = "s3cret";
+	(void)through(auth, &cfg);
+	certs_make(&ct);
+	{
+		const char *const tls[] = { "--tls-cert", ct.srv_cert,
+					    "--tls-key",  ct.srv_key,
+					    "--snappy",   NULL };
+
+		cfg_base(&cfg);
+		cfg.tls = true;
+		cfg.tls_ca_file = ct.ca;
+		cfg.snappy = true; /* TLS, then snappy inside it */
+		(void)through(tls, &cfg);
+	}
+	/* TLS asked of a server that has no certificate. */
+	nsqd_start(&d, 0, NULL);
+	cfg_base(&cfg);
+	addrs[0] = addr_of(a, sizeof(a), d.port);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 1;
+	cfg.tls = true;
+	cfg.tls_ca_file = ct.ca;
+	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &n), SLUICE_EPROTO);
+	CHECK(strstr(err, "did not grant") != NULL);
+	child_stop(&d);
+	/* A wrong AUTH secret. */
+	nsqd_start(&d, 0, auth);
+	cfg_base(&cfg);
+	addrs[0] = addr_of(a, sizeof(a), d.port);
+	cfg.nsqd = addrs;
+	cfg.n_nsqd = 1;
+	cfg.auth_secret = "wrong";
+	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &n), SLUICE_EPROTO);
+	CHECK(strstr(err, "E_AUTH_FAILED") != NULL);
+	child_stop(&d);
+	certs_remove(&ct);
+}
+
+CHECK_MAIN(test_rdy_spread_and_sum, test_more_connections_than_credit,
+	   test_accounting_under_drops_and_restart,
+	   test_auto_touch_until_deadline, test_auto_touch_keeps_lease,
+	   test_backoff_probe_recovery_across_reconnect,
+	   test_lookupd_adds_and_removes_producers,
+	   test_oversized_frame_reconnects,
+	   test_graceful_stop_requeues_remaining, test_tls_compression_and_auth)
