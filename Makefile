@@ -45,8 +45,13 @@ test: deps all
 bench:
 	scripts/deps.sh --bench
 	cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release >/dev/null
-	cmake --build build-release -j $(JOBS) --target bench_engine sluice_cli
+	cmake --build build-release -j $(JOBS) --target bench_engine sluice_cli \
+		fake_nsqd bench_nsq_pub web_service
 	bench/run.sh build-release
+	bench/bench_overhead.sh build-release
+	bench/bench_nsq.sh build-release
+	bench/bench_publish.sh build-release
+	bench/bench_web.sh build-release
 
 asan: deps
 	CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \

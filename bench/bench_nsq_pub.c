@@ -58,6 +58,7 @@ main(int argc, char **argv)
 	cfg.batch_max = batch;
 	if (sluice_nsq_producer_new(&cfg, err, sizeof(err), &p)) {
 		fprintf(stderr, "bench_nsq_pub: %s\n", err);
+		free(body);
 		return 1;
 	}
 	t0 = now_s();

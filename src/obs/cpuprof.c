@@ -73,15 +73,6 @@ static atomic_size_t ring_used;      /* relaxed: only claims */
 static atomic_size_t ring_dropped;   /* relaxed: a counter */
 static atomic_size_t timer_failures; /* relaxed: a counter */
 
-static int64_t
-now_ns(clockid_t c)
-{
-	struct timespec ts;
-
-	clock_gettime(c, &ts);
-	return (int64_t)ts.tv_sec * SLUICE_NS_PER_S + ts.tv_nsec;
-}
-
 static void
 set_err(char *err, size_t errlen, const char *msg)
 {
@@ -252,8 +243,8 @@ sluice_cpu_profile_start(int hz, char *err, size_t errlen)
 	atomic_store_explicit(&ring_dropped, 0, memory_order_relaxed);
 	atomic_store_explicit(&timer_failures, 0, memory_order_relaxed);
 	atomic_store_explicit(&prof_hz, hz, memory_order_relaxed);
-	prof_start_wall = now_ns(CLOCK_REALTIME);
-	prof_start_mono = now_ns(CLOCK_MONOTONIC);
+	prof_start_wall = sl_clock_ns(CLOCK_REALTIME);
+	prof_start_mono = sl_clock_ns(CLOCK_MONOTONIC);
 	atomic_store(&sampling, true);
 	prof_running = true;
 	sl_threads_set_prof_hook(timer_hook);
@@ -294,7 +285,7 @@ build_cpu(const uintptr_t *buf, size_t used, int64_t period,
 	if (!p)
 		return SLUICE_ENOMEM;
 	sl_prof_set_time(p, prof_start_wall,
-			 now_ns(CLOCK_MONOTONIC) - prof_start_mono);
+			 sl_clock_ns(CLOCK_MONOTONIC) - prof_start_mono);
 	if (used > RING_WORDS)
 		used = RING_WORDS;
 	while (rc == 0 && off + REC_HDR <= used && (buf[off] & REC_MARK)) {
@@ -330,54 +321,6 @@ build_cpu(const uintptr_t *buf, size_t used, int64_t period,
 	}
 	*out = p;
 	return 0;
-}
-
-/* Hand @b to the caller as a NUL-terminated byte string. */
-static int
-give(struct sl_buf *b, char **data, size_t *len)
-{
-	size_t n = b->len;
-
-	sl_buf_put(b, "", 1);
-	if (sl_buf_failed(b)) {
-		sl_buf_free(b);
-		return SLUICE_ENOMEM;
-	}
-	*data = (char *)b->data;
-	*len = n;
-	return 0;
-}
-
-/* Encode @p as @format (pprof, folded or svg) for the caller. */
-static int
-encode(struct sl_prof *p, enum sluice_profile_format format, const char *title,
-       char **data, size_t *len)
-{
-	struct sl_buf b;
-	int rc;
-
-	sl_buf_init(&b);
-	switch (format) {
-	case SLUICE_PROFILE_PPROF:
-		rc = sl_prof_write_pprof(p, &b);
-		break;
-	case SLUICE_PROFILE_FOLDED:
-		rc = sl_prof_write_folded(p, 0, &b);
-		break;
-	case SLUICE_PROFILE_SVG:
-		rc = sl_prof_write_svg(p, 0, title, &b);
-		break;
-	default:
-		rc = SLUICE_EINVAL;
-		break;
-	}
-	if (rc == 0 && sl_buf_failed(&b))
-		rc = SLUICE_ENOMEM;
-	if (rc) {
-		sl_buf_free(&b);
-		return rc;
-	}
-	return give(&b, data, len);
 }
 
 static bool
@@ -421,7 +364,7 @@ sluice_cpu_profile_stop(enum sluice_profile_format format, char **data,
 	pthread_mutex_unlock(&prof_mu);
 	if (rc)
 		return rc;
-	rc = encode(p, format, "CPU", data, len);
+	rc = sl_prof_encode(p, format, 0, "CPU", data, len);
 	sl_prof_free(p);
 	return rc;
 }
@@ -581,7 +524,7 @@ build_counts(const char *kind, const struct tstack *st, size_t n,
 	p = sl_prof_new(&type, 1, NULL, &type, 1);
 	if (!p)
 		return SLUICE_ENOMEM;
-	sl_prof_set_time(p, now_ns(CLOCK_REALTIME), 0);
+	sl_prof_set_time(p, sl_clock_ns(CLOCK_REALTIME), 0);
 	for (i = 0; i < n && rc == 0; i++) {
 		if (st[i].n == 0)
 			continue;
@@ -616,7 +559,7 @@ emit(const char *kind, struct tstack *st, size_t n,
 		rc = build_counts(kind, st, n, &p);
 		if (rc)
 			return rc;
-		rc = encode(p, format, kind, data, len);
+		rc = sl_prof_encode(p, format, 0, kind, data, len);
 		sl_prof_free(p);
 		return rc;
 	}
@@ -625,7 +568,10 @@ emit(const char *kind, struct tstack *st, size_t n,
 		text_counts(&b, kind, st, n);
 	else
 		text_threads(&b, st, n);
-	return give(&b, data, len);
+	rc = sl_buf_finish(&b, 0, len);
+	if (rc == 0)
+		*data = (char *)b.data;
+	return rc;
 }
 
 int
@@ -703,11 +649,13 @@ sluice_threadcreate_profile(enum sluice_profile_format format, char **data,
 		return SLUICE_ENOMEM;
 	}
 	for (i = n = 0; i < total; i++)
-		if (ti[i].create_npcs)
-			st[n++] = (struct tstack){ .pcs = ti[i].create_pcs,
-						   .n = ti[i].create_npcs,
-						   .info = &ti[i],
-						   .captured = 1 };
+		if (ti[i].create_npcs) {
+			st[n] = (struct tstack){ .pcs = ti[i].create_pcs,
+						 .n = ti[i].create_npcs,
+						 .info = &ti[i],
+						 .captured = 1 };
+			n++;
+		}
 	rc = emit("threadcreate", st, n, format, data, len);
 	sl_free(st);
 	sl_free(ti);

@@ -647,6 +647,45 @@ param_format(struct MHD_Connection *conn, enum sluice_profile_format *out)
 	return 0;
 }
 
+/* ?debug= (0 to @max_debug) then ?format=: debug=1 asks for Go's text,
+ * debug=2 for one stack per thread, 0 for ?format.  Returns NULL, or the
+ * name of the parameter at fault with *@why. */
+static const char *
+param_debug_format(struct MHD_Connection *conn, int max_debug,
+		   enum sluice_profile_format *out, const char **why)
+{
+	static const char *const debug_values[] = { "0", "1", "2", NULL };
+	int debug = param_choice(conn, "debug", debug_values);
+
+	if (debug < 0 || debug > max_debug) {
+		*why = max_debug == 2 ? "not 0, 1 or 2" : "not 0 or 1";
+		return "debug";
+	}
+	if (param_format(conn, out) != 0) {
+		*why = "not pprof, folded or svg";
+		return "format";
+	}
+	if (debug == 1)
+		*out = SLUICE_PROFILE_TEXT;
+	else if (debug == 2)
+		*out = SLUICE_PROFILE_TEXT_THREADS;
+	return NULL;
+}
+
+/* Reply with the profile @data (taken) in @format, or a 500 for @rc. */
+static enum MHD_Result
+send_profile(struct MHD_Connection *conn, struct reply *r, int rc,
+	     enum sluice_profile_format format, char *data, size_t len,
+	     const char *filename)
+{
+	if (rc != 0)
+		return plain_error(conn, r, MHD_HTTP_INTERNAL_SERVER_ERROR,
+				   sluice_strerror(rc));
+	take_profile(r, data, len);
+	profile_reply(r, format, filename);
+	return send_reply(conn, r);
+}
+
 static enum MHD_Result
 serve_cpu(struct sluice_debug_http *h, struct MHD_Connection *conn,
 	  struct reply *r)
@@ -680,12 +719,7 @@ serve_cpu(struct sluice_debug_http *h, struct MHD_Connection *conn,
 				   "the server is stopping");
 	}
 	rc = sluice_cpu_profile_stop(format, &data, &len);
-	if (rc != 0)
-		return plain_error(conn, r, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				   sluice_strerror(rc));
-	take_profile(r, data, len);
-	profile_reply(r, format, "profile");
-	return send_reply(conn, r);
+	return send_profile(conn, r, rc, format, data, len, "profile");
 }
 
 /* heap, allocs, block, mutex: a snapshot, or the delta over ?seconds=N. */
@@ -693,25 +727,20 @@ static enum MHD_Result
 serve_sampled(struct sluice_debug_http *h, struct MHD_Connection *conn,
 	      struct reply *r, enum sluice_profile_kind kind, const char *name)
 {
-	static const char *const debug_values[] = { "0", "1", NULL };
 	struct sluice_profile_snapshot *base = NULL, *now = NULL;
 	enum sluice_profile_format format;
-	const char *why = NULL, *index;
+	const char *why = NULL, *bad, *index;
 	char *data = NULL;
 	size_t len = 0;
 	long seconds;
-	int debug, rc;
+	int rc;
 
 	if (param_int(conn, "seconds", 0, SLUICE_DEBUG_HTTP_MAX_SECONDS, 0,
 		      &seconds, &why) != 0)
 		return bad_param(conn, r, "seconds", why);
-	debug = param_choice(conn, "debug", debug_values);
-	if (debug < 0)
-		return bad_param(conn, r, "debug", "not 0 or 1");
-	if (param_format(conn, &format) != 0)
-		return bad_param(conn, r, "format", "not pprof, folded or svg");
-	if (debug == 1)
-		format = SLUICE_PROFILE_TEXT;
+	bad = param_debug_format(conn, 1, &format, &why);
+	if (bad)
+		return bad_param(conn, r, bad, why);
 	index = MHD_lookup_connection_value(conn, MHD_GET_ARGUMENT_KIND,
 					    "sample_index");
 	if (seconds > 0) {
@@ -736,42 +765,27 @@ serve_sampled(struct sluice_debug_http *h, struct MHD_Connection *conn,
 	if (rc == SLUICE_EINVAL && index)
 		return bad_param(conn, r, "sample_index",
 				 "not a sample type of this profile");
-	if (rc != 0)
-		return plain_error(conn, r, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				   sluice_strerror(rc));
-	take_profile(r, data, len);
-	profile_reply(r, format, seconds > 0 ? "delta" : name);
-	return send_reply(conn, r);
+	return send_profile(conn, r, rc, format, data, len,
+			    seconds > 0 ? "delta" : name);
 }
 
 /* goroutine (?debug=0|1|2) and threadcreate (?debug=0|1). */
 static enum MHD_Result
 serve_threads(struct MHD_Connection *conn, struct reply *r, bool goroutine)
 {
-	static const char *const debug_values[] = { "0", "1", "2", NULL };
 	enum sluice_profile_format format;
+	const char *why = NULL, *bad;
 	char *data = NULL;
 	size_t len = 0;
-	int debug, rc;
+	int rc;
 
-	debug = param_choice(conn, "debug", debug_values);
-	if (debug < 0 || (debug == 2 && !goroutine))
-		return bad_param(conn, r, "debug",
-				 goroutine ? "not 0, 1 or 2" : "not 0 or 1");
-	if (param_format(conn, &format) != 0)
-		return bad_param(conn, r, "format", "not pprof, folded or svg");
-	if (debug == 1)
-		format = SLUICE_PROFILE_TEXT;
-	else if (debug == 2)
-		format = SLUICE_PROFILE_TEXT_THREADS;
+	bad = param_debug_format(conn, goroutine ? 2 : 1, &format, &why);
+	if (bad)
+		return bad_param(conn, r, bad, why);
 	rc = goroutine ? sluice_goroutine_profile(format, &data, &len)
 		       : sluice_threadcreate_profile(format, &data, &len);
-	if (rc != 0)
-		return plain_error(conn, r, MHD_HTTP_INTERNAL_SERVER_ERROR,
-				   sluice_strerror(rc));
-	take_profile(r, data, len);
-	profile_reply(r, format, goroutine ? "goroutine" : "threadcreate");
-	return send_reply(conn, r);
+	return send_profile(conn, r, rc, format, data, len,
+			    goroutine ? "goroutine" : "threadcreate");
 }
 
 static enum MHD_Result

@@ -93,15 +93,6 @@ bucket_cmp(const void *a, const void *b)
 	return memcmp(x->pcs, y->pcs, x->depth * sizeof(x->pcs[0]));
 }
 
-static int64_t
-wall_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 int
 sluice_profile_snapshot(enum sluice_profile_kind kind,
 			struct sluice_profile_snapshot **out)
@@ -121,7 +112,7 @@ sluice_profile_snapshot(enum sluice_profile_kind kind,
 	if (!s)
 		return SLUICE_ENOMEM;
 	s->kind = kind;
-	s->time_ns = wall_ns();
+	s->time_ns = sl_clock_ns(CLOCK_REALTIME);
 	if (is_heap(kind)) {
 		s->rate = sl_heap_scale_rate();
 		t = sl_heap_stacks(&mu);
@@ -432,31 +423,21 @@ sluice_profile_encode(const struct sluice_profile_snapshot *s,
 	rc = type_index(s, sample_index, &idx);
 	if (rc)
 		return rc;
-	sl_buf_init(&b);
 	if (format == SLUICE_PROFILE_TEXT) {
+		sl_buf_init(&b);
 		write_text(s, base, &b);
-	} else {
-		rc = build(s, base, &p);
-		if (rc)
-			return rc;
-		if (format == SLUICE_PROFILE_PPROF)
-			rc = sl_prof_write_pprof(p, &b);
-		else if (format == SLUICE_PROFILE_FOLDED)
-			rc = sl_prof_write_folded(p, idx, &b);
-		else
-			rc = sl_prof_write_svg(p, idx, title_of(s->kind), &b);
-		sl_prof_free(p);
-	}
-	sl_buf_put(&b, "", 1); /* the NUL promised to text users */
-	if (rc == 0 && sl_buf_failed(&b))
-		rc = SLUICE_ENOMEM;
-	if (rc) {
-		sl_buf_free(&b);
+		/* The NUL is promised to text users. */
+		rc = sl_buf_finish(&b, 0, len);
+		if (rc == 0)
+			*data = (char *)b.data;
 		return rc;
 	}
-	*data = (char *)b.data;
-	*len = b.len - 1;
-	return 0;
+	rc = build(s, base, &p);
+	if (rc)
+		return rc;
+	rc = sl_prof_encode(p, format, idx, title_of(s->kind), data, len);
+	sl_prof_free(p);
+	return rc;
 }
 
 int

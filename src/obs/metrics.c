@@ -228,17 +228,6 @@ valid_utf8(const char *str)
 	return true;
 }
 
-static char *
-dup_str(const char *s)
-{
-	size_t n = strlen(s) + 1;
-	char *p = sl_malloc(n);
-
-	if (p)
-		memcpy(p, s, n);
-	return p;
-}
-
 /* ---- registry ------------------------------------------------------------ */
 
 int
@@ -358,16 +347,16 @@ family_new(const char *name, const char *help, const char *const *label_names,
 		return SLUICE_ENOMEM;
 	f->kind = kind;
 	f->tail = &f->children;
-	f->name = dup_str(name);
+	f->name = sl_strdup(name);
 	if (!f->name)
 		goto fail;
 	if (help && help[0]) {
-		f->help = dup_str(help);
+		f->help = sl_strdup(help);
 		if (!f->help)
 			goto fail;
 	}
 	for (i = 0; i < nlabels; i++) {
-		f->labels[i] = dup_str(label_names[i]);
+		f->labels[i] = sl_strdup(label_names[i]);
 		if (!f->labels[i])
 			goto fail;
 		f->nlabels = i + 1;
@@ -426,7 +415,7 @@ child_new(struct family *f, const char *const *values, struct child **out)
 	c->fam = f;
 	atomic_init(&c->gauge, 0);
 	for (i = 0; i < f->nlabels; i++) {
-		c->values[i] = dup_str(values[i]);
+		c->values[i] = sl_strdup(values[i]);
 		if (!c->values[i])
 			goto fail;
 	}
@@ -781,6 +770,41 @@ sluice_counter_register_fn(struct sluice_metrics *m, const char *name,
 
 /* ---- histograms --------------------------------------------------------- */
 
+/* A new (unregistered) histogram family of @kind with a copy of @bounds,
+ * the arguments checked. */
+static int
+histogram_family_new(const char *name, const char *help, const double *bounds,
+		     size_t nbounds, const char *const *label_names,
+		     size_t nlabels, enum kind kind, struct family **out)
+{
+	struct family *f;
+	int rc;
+
+	rc = check_family_args(name, help, label_names, nlabels, kind);
+	if (rc == 0)
+		rc = check_bounds(bounds, nbounds);
+	/* Buckets plus "+Inf" plus the sum, in whole cache lines; the cap
+	 * keeps SHARDS * stride * 8 far from overflowing. */
+	if (rc == 0 && nbounds > SIZE_MAX / 1024 - 2)
+		rc = SLUICE_EINVAL;
+	if (rc < 0)
+		return rc;
+	rc = family_new(name, help, label_names, nlabels, kind, &f);
+	if (rc < 0)
+		return rc;
+	if (nbounds) {
+		f->bounds = sl_malloc(nbounds * sizeof(*f->bounds));
+		if (!f->bounds) {
+			family_free(f);
+			return SLUICE_ENOMEM;
+		}
+		memcpy(f->bounds, bounds, nbounds * sizeof(*f->bounds));
+	}
+	f->nbounds = nbounds;
+	*out = f;
+	return 0;
+}
+
 static int
 histogram_register(struct sluice_metrics *m, const char *name, const char *help,
 		   const double *bounds, size_t nbounds,
@@ -793,28 +817,10 @@ histogram_register(struct sluice_metrics *m, const char *name, const char *help,
 
 	if (!m)
 		return SLUICE_EINVAL;
-	rc = check_family_args(name, help, label_names, nlabels,
-			       KIND_HISTOGRAM);
-	if (rc == 0)
-		rc = check_bounds(bounds, nbounds);
+	rc = histogram_family_new(name, help, bounds, nbounds, label_names,
+				  nlabels, KIND_HISTOGRAM, &f);
 	if (rc < 0)
 		return rc;
-	/* Buckets plus "+Inf" plus the sum, in whole cache lines; the cap
-	 * keeps SHARDS * stride * 8 far from overflowing. */
-	if (nbounds > SIZE_MAX / 1024 - 2)
-		return SLUICE_EINVAL;
-	rc = family_new(name, help, label_names, nlabels, KIND_HISTOGRAM, &f);
-	if (rc < 0)
-		return rc;
-	if (nbounds) {
-		f->bounds = sl_malloc(nbounds * sizeof(*f->bounds));
-		if (!f->bounds) {
-			family_free(f);
-			return SLUICE_ENOMEM;
-		}
-		memcpy(f->bounds, bounds, nbounds * sizeof(*f->bounds));
-	}
-	f->nbounds = nbounds;
 	words = nbounds + 2;
 	f->stride = (words + LINE_WORDS - 1) / LINE_WORDS * LINE_WORDS;
 	/* register_family() frees f on failure. */
@@ -834,25 +840,10 @@ sluice_histogram_register_fn(struct sluice_metrics *m, const char *name,
 
 	if (!m || !fn)
 		return SLUICE_EINVAL;
-	rc = check_family_args(name, help, NULL, 0, KIND_HISTOGRAM_FN);
-	if (rc == 0)
-		rc = check_bounds(bounds, nbounds);
-	if (rc == 0 && nbounds > SIZE_MAX / 1024 - 2)
-		rc = SLUICE_EINVAL;
+	rc = histogram_family_new(name, help, bounds, nbounds, NULL, 0,
+				  KIND_HISTOGRAM_FN, &f);
 	if (rc < 0)
 		return rc;
-	rc = family_new(name, help, NULL, 0, KIND_HISTOGRAM_FN, &f);
-	if (rc < 0)
-		return rc;
-	if (nbounds) {
-		f->bounds = sl_malloc(nbounds * sizeof(*f->bounds));
-		if (!f->bounds) {
-			family_free(f);
-			return SLUICE_ENOMEM;
-		}
-		memcpy(f->bounds, bounds, nbounds * sizeof(*f->bounds));
-	}
-	f->nbounds = nbounds;
 	f->hfn = fn;
 	f->ud = ud;
 	return register_family(m, f, false, NULL);

@@ -99,10 +99,27 @@ sl_buf_printf(struct sl_buf *b, const char *fmt, ...)
 	b->len += (size_t)n;
 }
 
-void
-sl_pb_varint(struct sl_buf *b, uint64_t v)
+int
+sl_buf_finish(struct sl_buf *b, int rc, size_t *len)
 {
-	uint8_t tmp[10];
+	size_t n = b->len;
+
+	if (rc == 0)
+		sl_buf_put(b, "", 1);
+	if (rc == 0 && sl_buf_failed(b))
+		rc = SLUICE_ENOMEM;
+	if (rc) {
+		sl_buf_free(b);
+		return rc;
+	}
+	*len = n;
+	return 0;
+}
+
+/* @v as a varint into @tmp; returns its length (at most 10). */
+static size_t
+varint_enc(uint8_t tmp[10], uint64_t v)
+{
 	size_t n = 0;
 
 	do {
@@ -112,6 +129,15 @@ sl_pb_varint(struct sl_buf *b, uint64_t v)
 			tmp[n] |= 0x80;
 		n++;
 	} while (v);
+	return n;
+}
+
+void
+sl_pb_varint(struct sl_buf *b, uint64_t v)
+{
+	uint8_t tmp[10];
+	size_t n = varint_enc(tmp, v);
+
 	sl_buf_put(b, tmp, n);
 }
 
@@ -172,23 +198,14 @@ sl_pb_begin(struct sl_buf *b, uint32_t field)
 void
 sl_pb_end(struct sl_buf *b, size_t mark)
 {
-	size_t body, extra = 0, v;
+	size_t body, extra, n;
 	uint8_t tmp[10];
-	size_t n = 0;
 
 	if (b->failed)
 		return;
 	body = b->len - mark;
-	for (v = body >> 7; v; v >>= 7)
-		extra++;
-	v = body;
-	do {
-		tmp[n] = (uint8_t)(v & 0x7f);
-		v >>= 7;
-		if (v)
-			tmp[n] |= 0x80;
-		n++;
-	} while (v);
+	n = varint_enc(tmp, body);
+	extra = n - 1; /* one byte was reserved */
 	if (extra) {
 		if (!sl_buf_reserve(b, extra))
 			return;

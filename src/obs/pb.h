@@ -42,6 +42,14 @@ sl_buf_failed(const struct sl_buf *b)
 	return b->failed;
 }
 
+/*
+ * sl_buf_finish() - hand @b's contents to the caller as a NUL-terminated
+ * string: on @rc == 0 append a NUL (not counted in *@len) and return 0,
+ * the caller then owning b->data (free with sl_free); on @rc != 0 or a
+ * failed buffer, free @b and return @rc or SLUICE_ENOMEM.
+ */
+int sl_buf_finish(struct sl_buf *b, int rc, size_t *len);
+
 /* Wire types. */
 enum { SL_PB_VARINT = 0, SL_PB_I64 = 1, SL_PB_LEN = 2, SL_PB_I32 = 5 };
 

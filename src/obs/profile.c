@@ -129,17 +129,6 @@ fold(uint64_t h)
 	return (uint32_t)(h ^ (h >> 32));
 }
 
-static char *
-dup_str(const char *s)
-{
-	size_t n = strlen(s) + 1;
-	char *p = sl_malloc(n);
-
-	if (p)
-		memcpy(p, s, n);
-	return p;
-}
-
 /* ---- the builder -------------------------------------------------------- */
 
 struct sample {
@@ -231,8 +220,8 @@ sample_eq(const void *ctx, uint32_t item, const void *key)
 static bool
 copy_type(struct type_copy *dst, const struct sl_prof_type *src)
 {
-	dst->type = dup_str(src->type ? src->type : "");
-	dst->unit = dup_str(src->unit ? src->unit : "");
+	dst->type = sl_strdup(src->type ? src->type : "");
+	dst->unit = sl_strdup(src->unit ? src->unit : "");
 	return dst->type && dst->unit;
 }
 
@@ -261,7 +250,7 @@ sl_prof_new(const struct sl_prof_type *types, size_t ntypes,
 		if (!copy_type(&p->types[i], &types[i]))
 			goto fail;
 	if (default_type) {
-		p->default_type = dup_str(default_type);
+		p->default_type = sl_strdup(default_type);
 		if (!p->default_type)
 			goto fail;
 	}
@@ -308,7 +297,7 @@ sl_prof_add_comment(struct sl_prof *p, const char *text)
 {
 	char **c, *s;
 
-	s = dup_str(text);
+	s = sl_strdup(text);
 	if (!s)
 		return SLUICE_ENOMEM;
 	c = sl_realloc(p->comments, (p->ncomments + 1) * sizeof(*c));
@@ -476,7 +465,7 @@ intern(struct enc *e, const char *s)
 	slot = itab_lookup(&e->strindex, h, strs_eq, e, s);
 	if (slot && slot->item)
 		return slot->item - 1;
-	copy = dup_str(s);
+	copy = sl_strdup(s);
 	strs = grow(e->strs, &e->capstrs, e->nstrs, sizeof(*e->strs));
 	if (!slot || !copy || !strs) {
 		sl_free(copy);
@@ -988,7 +977,7 @@ put_xml(struct sl_buf *b, const char *s, size_t max)
 {
 	size_t i;
 
-	for (i = 0; s[i] && i < max; i++) {
+	for (i = 0; i < max && s[i]; i++) {
 		unsigned char c = (unsigned char)s[i];
 
 		if (c == '&')
@@ -1187,5 +1176,35 @@ sl_prof_write_svg(struct sl_prof *p, size_t index, const char *title,
 	sl_buf_puts(out, "</svg>\n");
 	rc = t.e.failed || sl_buf_failed(out) ? SLUICE_ENOMEM : 0;
 	tree_free(&t);
+	return rc;
+}
+
+/* ---- handing a profile out ---------------------------------------------- */
+
+int
+sl_prof_encode(struct sl_prof *p, enum sluice_profile_format format,
+	       size_t index, const char *title, char **data, size_t *len)
+{
+	struct sl_buf b;
+	int rc;
+
+	sl_buf_init(&b);
+	switch (format) {
+	case SLUICE_PROFILE_PPROF:
+		rc = sl_prof_write_pprof(p, &b);
+		break;
+	case SLUICE_PROFILE_FOLDED:
+		rc = sl_prof_write_folded(p, index, &b);
+		break;
+	case SLUICE_PROFILE_SVG:
+		rc = sl_prof_write_svg(p, index, title, &b);
+		break;
+	default:
+		rc = SLUICE_EINVAL;
+		break;
+	}
+	rc = sl_buf_finish(&b, rc, len);
+	if (rc == 0)
+		*data = (char *)b.data;
 	return rc;
 }

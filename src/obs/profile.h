@@ -22,6 +22,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sluice/profile.h>
+
 #include "obs/pb.h"
 
 #define SL_PROF_MAX_DEPTH  64 /* frames kept per stack */
@@ -84,6 +86,15 @@ int sl_prof_write_folded(struct sl_prof *p, size_t index, struct sl_buf *out);
  * zoom, hover for the name and value) for sample type @index. */
 int sl_prof_write_svg(struct sl_prof *p, size_t index, const char *title,
 		      struct sl_buf *out);
+
+/*
+ * sl_prof_encode() - @p as @format (PPROF, FOLDED or SVG; sample type
+ * @index and, for SVG, @title) in a new NUL-terminated buffer for the
+ * caller (*@len excludes the NUL; free with sl_free).  Returns 0,
+ * SLUICE_EINVAL for another format, or SLUICE_ENOMEM.
+ */
+int sl_prof_encode(struct sl_prof *p, enum sluice_profile_format format,
+		   size_t index, const char *title, char **data, size_t *len);
 
 /* ---- in-process symbolizer (symbolize.c) --------------------------------
  * Names come from each loaded object's .symtab (falling back to .dynsym,

@@ -98,15 +98,6 @@ static TLS_IE struct ent *_Atomic tls_self;    /* owner thread only */
 static TLS_IE uintptr_t tls_stack_hi;          /* owner thread only */
 static TLS_IE _Atomic(const char *) tls_stage; /* owner; others via stagep */
 
-static int64_t
-now_ns(clockid_t c)
-{
-	struct timespec ts;
-
-	clock_gettime(c, &ts);
-	return (int64_t)ts.tv_sec * SLUICE_NS_PER_S + ts.tv_nsec;
-}
-
 /* ---- unwinding ---------------------------------------------------------- */
 
 NO_SANITIZE_ADDR size_t
@@ -242,7 +233,7 @@ do_register(const char *name, const uintptr_t *pcs, size_t npcs)
 	if (name)
 		snprintf(e->name, sizeof(e->name), "%s", name);
 	e->stagep = &tls_stage;
-	e->created_ns = now_ns(CLOCK_REALTIME);
+	e->created_ns = sl_clock_ns(CLOCK_REALTIME);
 	if (npcs > sizeof(e->create_pcs) / sizeof(e->create_pcs[0]))
 		npcs = sizeof(e->create_pcs) / sizeof(e->create_pcs[0]);
 	if (npcs)
@@ -571,7 +562,7 @@ sl_threads_capture(struct sl_thread_stack *out, size_t max, int64_t timeout_ns)
 	}
 	cap_seq++;
 	pthread_mutex_lock(&reg_mu);
-	deadline = now_ns(CLOCK_MONOTONIC) + timeout_ns;
+	deadline = sl_clock_ns(CLOCK_MONOTONIC) + timeout_ns;
 	for (e = reg_head, i = 0; e && i < max; e = e->next, i++) {
 		atomic_store_explicit(&e->gr_req, cap_seq,
 				      memory_order_release);
@@ -587,7 +578,7 @@ sl_threads_capture(struct sl_thread_stack *out, size_t max, int64_t timeout_ns)
 		}
 	}
 	while (!all_answered(reg_head, max) &&
-	       now_ns(CLOCK_MONOTONIC) < deadline)
+	       sl_clock_ns(CLOCK_MONOTONIC) < deadline)
 		nanosleep(&pause, NULL);
 	for (e = reg_head, i = 0; e && i < max; e = e->next, i++) {
 		fill_info(e, &out[i].info);

@@ -26,6 +26,17 @@
 #include <stdint.h>
 #include <time.h>
 
+/* Clock @c (CLOCK_REALTIME, a thread's CPU clock...) in nanoseconds, for
+ * the registry's timestamps and the profilers'.  Async-signal-safe. */
+static inline int64_t
+sl_clock_ns(clockid_t c)
+{
+	struct timespec ts;
+
+	clock_gettime(c, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
 /* Start @fn(@arg) on a new thread named @name (a static string, at most 15
  * bytes are given to pthread_setname_np), registered in the registry for
  * its whole life.  Same return as pthread_create (0 or an errno value). */

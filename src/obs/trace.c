@@ -847,11 +847,16 @@ nest_ok(struct stack *s, const struct rec *r)
 	return true;
 }
 
+/*
+ * Feed thread @t's events to @emit, the filters both writers share
+ * applied: slices repaired for nesting (nest_ok), flow and async halves
+ * without a partner left out (matched).  The slices the stop (or a full
+ * buffer) left open are closed with an END at the last event's time.
+ */
 static void
-json_thread(struct wctx *w, struct tbuf *t, bool *first, struct stack *st)
+walk_thread(struct wctx *w, struct tbuf *t, struct stack *st,
+	    void (*emit)(void *ctx, const struct rec *r), void *ctx)
 {
-	struct sl_buf *b = w->b;
-	int tid = atomic_load_explicit(&t->tid, memory_order_relaxed);
 	struct rec_it it = rec_iter(t);
 	struct rec *r, last = { 0 };
 
@@ -861,61 +866,98 @@ json_thread(struct wctx *w, struct tbuf *t, bool *first, struct stack *st)
 		switch (r->kind) {
 		case SL_TR_BEGIN:
 		case SL_TR_END:
-			if (!nest_ok(st, r))
-				break;
-			json_head(w, r->kind == SL_TR_BEGIN ? "B" : "E",
-				  r->name, tid, r, first);
-			if (r->kind == SL_TR_BEGIN)
-				json_args(b, r);
-			sl_buf_puts(b, "}");
-			break;
-		case SL_TR_INSTANT:
-			json_head(w, "i", r->name, tid, r, first);
-			sl_buf_puts(b, ",\"s\":\"t\"");
-			json_args(b, r);
-			sl_buf_puts(b, "}");
-			break;
-		case SL_TR_COUNTER:
-			json_head(w, "C", r->name, tid, r, first);
-			sl_buf_printf(b, ",\"args\":{\"value\":%" PRId64 "}}",
-				      (int64_t)r->val);
+			if (nest_ok(st, r))
+				emit(ctx, r);
 			break;
 		case SL_TR_FLOW_OUT:
 		case SL_TR_FLOW_IN:
-			if (!matched(w, r))
-				break;
-			json_head(w, r->kind == SL_TR_FLOW_OUT ? "s" : "f",
-				  r->name, tid, r, first);
-			sl_buf_printf(b,
-				      ",\"cat\":\"flow\",\"id\":\"0x%" PRIx64
-				      "\"%s}",
-				      r->val,
-				      r->kind == SL_TR_FLOW_IN ? ",\"bp\":\"e\""
-							       : "");
-			break;
 		case SL_TR_ASYNC_BEGIN:
 		case SL_TR_ASYNC_END:
-			if (!matched(w, r))
-				break;
-			json_head(w, r->kind == SL_TR_ASYNC_BEGIN ? "b" : "e",
-				  r->name, tid, r, first);
-			sl_buf_printf(b,
-				      ",\"cat\":\"message\",\"id2\":{\"local\":"
-				      "\"0x%" PRIx64 "\"}",
-				      r->val);
-			json_args(b, r);
-			sl_buf_puts(b, "}");
+			if (matched(w, r))
+				emit(ctx, r);
+			break;
+		case SL_TR_INSTANT:
+		case SL_TR_COUNTER:
+			emit(ctx, r);
 			break;
 		default:
 			break;
 		}
 	}
-	/* Close what the stop (or a full buffer) left open. */
 	while (st->n > 0) {
 		last.kind = SL_TR_END;
-		json_head(w, "E", st->v[--st->n], tid, &last, first);
-		sl_buf_puts(b, "}");
+		last.name = st->v[--st->n];
+		last.akey = NULL;
+		emit(ctx, &last);
 	}
+}
+
+struct json_ctx {
+	struct wctx *w;
+	int tid;
+	bool *first;
+};
+
+static void
+json_event(void *ctx, const struct rec *r)
+{
+	struct json_ctx *c = ctx;
+	struct wctx *w = c->w;
+	struct sl_buf *b = w->b;
+
+	switch (r->kind) {
+	case SL_TR_BEGIN:
+	case SL_TR_END:
+		json_head(w, r->kind == SL_TR_BEGIN ? "B" : "E", r->name,
+			  c->tid, r, c->first);
+		if (r->kind == SL_TR_BEGIN)
+			json_args(b, r);
+		sl_buf_puts(b, "}");
+		break;
+	case SL_TR_INSTANT:
+		json_head(w, "i", r->name, c->tid, r, c->first);
+		sl_buf_puts(b, ",\"s\":\"t\"");
+		json_args(b, r);
+		sl_buf_puts(b, "}");
+		break;
+	case SL_TR_COUNTER:
+		json_head(w, "C", r->name, c->tid, r, c->first);
+		sl_buf_printf(b, ",\"args\":{\"value\":%" PRId64 "}}",
+			      (int64_t)r->val);
+		break;
+	case SL_TR_FLOW_OUT:
+	case SL_TR_FLOW_IN:
+		json_head(w, r->kind == SL_TR_FLOW_OUT ? "s" : "f", r->name,
+			  c->tid, r, c->first);
+		sl_buf_printf(b,
+			      ",\"cat\":\"flow\",\"id\":\"0x%" PRIx64 "\"%s}",
+			      r->val,
+			      r->kind == SL_TR_FLOW_IN ? ",\"bp\":\"e\"" : "");
+		break;
+	case SL_TR_ASYNC_BEGIN:
+	case SL_TR_ASYNC_END:
+		json_head(w, r->kind == SL_TR_ASYNC_BEGIN ? "b" : "e", r->name,
+			  c->tid, r, c->first);
+		sl_buf_printf(b,
+			      ",\"cat\":\"message\",\"id2\":{\"local\":"
+			      "\"0x%" PRIx64 "\"}",
+			      r->val);
+		json_args(b, r);
+		sl_buf_puts(b, "}");
+		break;
+	default:
+		break;
+	}
+}
+
+static void
+json_thread(struct wctx *w, struct tbuf *t, bool *first, struct stack *st)
+{
+	struct json_ctx c = {
+		w, atomic_load_explicit(&t->tid, memory_order_relaxed), first
+	};
+
+	walk_thread(w, t, st, json_event, &c);
 }
 
 static bool
@@ -1116,60 +1158,57 @@ pf_event(struct wctx *w, struct sl_buf *b, uint32_t seq, uint64_t track,
 	sl_pb_end(b, pk);
 }
 
+struct pf_ctx {
+	struct wctx *w;
+	struct sl_buf *b;
+	uint64_t uuid;
+	uint32_t seq;
+};
+
+static void
+pf_thread_event(void *ctx, const struct rec *r)
+{
+	struct pf_ctx *c = ctx;
+	struct wctx *w = c->w;
+	struct sl_buf *b = c->b;
+
+	switch (r->kind) {
+	case SL_TR_BEGIN:
+	case SL_TR_END:
+		pf_event(w, b, c->seq, c->uuid,
+			 r->kind == SL_TR_BEGIN ? TYPE_SLICE_BEGIN
+						: TYPE_SLICE_END,
+			 r, r->kind == SL_TR_BEGIN);
+		break;
+	case SL_TR_INSTANT:
+	case SL_TR_FLOW_OUT:
+	case SL_TR_FLOW_IN:
+		pf_event(w, b, c->seq, c->uuid, TYPE_INSTANT, r, true);
+		break;
+	case SL_TR_COUNTER:
+		pf_event(w, b, c->seq, UUID_COUNTER(counter_index(w, r->name)),
+			 TYPE_COUNTER, r, false);
+		break;
+	case SL_TR_ASYNC_BEGIN:
+	case SL_TR_ASYNC_END:
+		pf_journey(w, b, r->val);
+		pf_event(w, b, c->seq, UUID_JOURNEY(r->val),
+			 r->kind == SL_TR_ASYNC_BEGIN ? TYPE_SLICE_BEGIN
+						      : TYPE_SLICE_END,
+			 r, r->kind == SL_TR_ASYNC_BEGIN);
+		break;
+	default:
+		break;
+	}
+}
+
 static void
 pf_thread(struct wctx *w, struct sl_buf *b, struct tbuf *t, uint64_t uuid,
 	  uint32_t seq, struct stack *st)
 {
-	struct rec_it it = rec_iter(t);
-	struct rec *r, last = { 0 };
+	struct pf_ctx c = { w, b, uuid, seq };
 
-	st->n = 0;
-	while ((r = rec_next(&it))) {
-		last = *r;
-		switch (r->kind) {
-		case SL_TR_BEGIN:
-		case SL_TR_END:
-			if (nest_ok(st, r))
-				pf_event(w, b, seq, uuid,
-					 r->kind == SL_TR_BEGIN
-						 ? TYPE_SLICE_BEGIN
-						 : TYPE_SLICE_END,
-					 r, r->kind == SL_TR_BEGIN);
-			break;
-		case SL_TR_INSTANT:
-			pf_event(w, b, seq, uuid, TYPE_INSTANT, r, true);
-			break;
-		case SL_TR_FLOW_OUT:
-		case SL_TR_FLOW_IN:
-			if (matched(w, r))
-				pf_event(w, b, seq, uuid, TYPE_INSTANT, r,
-					 true);
-			break;
-		case SL_TR_COUNTER:
-			pf_event(w, b, seq,
-				 UUID_COUNTER(counter_index(w, r->name)),
-				 TYPE_COUNTER, r, false);
-			break;
-		case SL_TR_ASYNC_BEGIN:
-		case SL_TR_ASYNC_END:
-			if (!matched(w, r))
-				break;
-			pf_journey(w, b, r->val);
-			pf_event(w, b, seq, UUID_JOURNEY(r->val),
-				 r->kind == SL_TR_ASYNC_BEGIN ? TYPE_SLICE_BEGIN
-							      : TYPE_SLICE_END,
-				 r, r->kind == SL_TR_ASYNC_BEGIN);
-			break;
-		default:
-			break;
-		}
-	}
-	while (st->n > 0) {
-		last.kind = SL_TR_END;
-		last.akey = NULL;
-		st->n--;
-		pf_event(w, b, seq, uuid, TYPE_SLICE_END, &last, false);
-	}
+	walk_thread(w, t, st, pf_thread_event, &c);
 }
 
 static int
@@ -1267,17 +1306,10 @@ sluice_trace_write(enum sluice_trace_format fmt, void **out, size_t *len)
 	*len = 0;
 	sl_buf_init(&b);
 	rc = sl_trace_write_buf(&b, fmt);
+	rc = sl_buf_finish(&b, rc, len);
 	if (rc == 0)
-		sl_buf_put(&b, "", 1); /* NUL, not counted */
-	if (rc == 0 && sl_buf_failed(&b))
-		rc = SLUICE_ENOMEM;
-	if (rc) {
-		sl_buf_free(&b);
-		return rc;
-	}
-	*out = b.data;
-	*len = b.len - 1;
-	return 0;
+		*out = b.data;
+	return rc;
 }
 
 void

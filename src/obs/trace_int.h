@@ -52,67 +52,68 @@ sl_trace_active(void)
 	return atomic_load_explicit(&sl_trace_on, memory_order_relaxed) != 0;
 }
 
+/* A probe: record the event only while tracing. */
+static inline void
+sl_tr(unsigned kind, const char *name, uint64_t val, const char *akey,
+      uint32_t aux)
+{
+	if (sl_trace_active())
+		sl_trace_rec(kind, name, val, akey, aux);
+}
+
+/* The probes by kind (see enum sl_tr_kind for what each field means). */
 static inline void
 sl_tr_begin(const char *name)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_BEGIN, name, 0, NULL, 0);
+	sl_tr(SL_TR_BEGIN, name, 0, NULL, 0);
 }
 
 static inline void
 sl_tr_begin_arg(const char *name, const char *akey, uint32_t aux)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_BEGIN, name, 0, akey, aux);
+	sl_tr(SL_TR_BEGIN, name, 0, akey, aux);
 }
 
 static inline void
 sl_tr_end(const char *name)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_END, name, 0, NULL, 0);
+	sl_tr(SL_TR_END, name, 0, NULL, 0);
 }
 
 static inline void
 sl_tr_instant(const char *name, const char *akey, uint32_t aux)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_INSTANT, name, 0, akey, aux);
+	sl_tr(SL_TR_INSTANT, name, 0, akey, aux);
 }
 
 static inline void
 sl_tr_counter(const char *name, int64_t v)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_COUNTER, name, (uint64_t)v, NULL, 0);
+	sl_tr(SL_TR_COUNTER, name, (uint64_t)v, NULL, 0);
 }
 
 static inline void
 sl_tr_flow_out(const char *name, uint64_t id)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_FLOW_OUT, name, id, NULL, 0);
+	sl_tr(SL_TR_FLOW_OUT, name, id, NULL, 0);
 }
 
 static inline void
 sl_tr_flow_in(const char *name, uint64_t id)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_FLOW_IN, name, id, NULL, 0);
+	sl_tr(SL_TR_FLOW_IN, name, id, NULL, 0);
 }
 
 static inline void
 sl_tr_async_begin(const char *name, uint64_t id, const char *akey, uint32_t aux)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_ASYNC_BEGIN, name, id, akey, aux);
+	sl_tr(SL_TR_ASYNC_BEGIN, name, id, akey, aux);
 }
 
 static inline void
 sl_tr_async_end(const char *name, uint64_t id)
 {
-	if (sl_trace_active())
-		sl_trace_rec(SL_TR_ASYNC_END, name, id, NULL, 0);
+	sl_tr(SL_TR_ASYNC_END, name, id, NULL, 0);
 }
 
 /* Render the stopped trace into @b; 0, SLUICE_ESTATE (recording),

@@ -49,26 +49,10 @@
 /* Longest decimal uint32: 4294967295. */
 #define U32_DIGITS 10
 
-static uint32_t
-get_be32(const uint8_t *p)
-{
-	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-	       (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
-
 static uint64_t
 get_be64(const uint8_t *p)
 {
-	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
-}
-
-static void
-put_be32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
+	return (uint64_t)sl_nsq_get_be32(p) << 32 | sl_nsq_get_be32(p + 4);
 }
 
 /* ---- decoding ------------------------------------------------------------ */
@@ -83,14 +67,14 @@ sl_nsq_frame(const uint8_t *buf, size_t len, size_t max_size,
 		return len ? SLUICE_EINVAL : 0;
 	if (len < 4)
 		return 0;
-	size = get_be32(buf);
+	size = sl_nsq_get_be32(buf);
 	if (size > INT32_MAX || size < 4)
 		return SLUICE_EPROTO;
 	if (size > max_size || size > FRAME_SIZE_MAX)
 		return SLUICE_EMSGSIZE;
 	if (len < SL_NSQ_FRAME_HDR)
 		return 0;
-	type = get_be32(buf + 4);
+	type = sl_nsq_get_be32(buf + 4);
 	if (type > SL_NSQ_FRAME_MESSAGE)
 		return SLUICE_EPROTO;
 	if (len - 4 < size)
@@ -352,7 +336,7 @@ enc_body_cmd(uint8_t *out, size_t cap, struct part name, const void *body,
 	rc = body_check(body, len);
 	if (rc)
 		return rc;
-	put_be32(sz, (uint32_t)len);
+	sl_nsq_put_be32(sz, (uint32_t)len);
 	p[0] = name;
 	p[1] = LIT("\n");
 	p[2] = PART(sz, 4);
@@ -480,7 +464,7 @@ sl_nsq_enc_pub(uint8_t *out, size_t cap, const char *topic, const void *body,
 	rc = body_check(body, len);
 	if (rc)
 		return rc;
-	put_be32(sz, (uint32_t)len);
+	sl_nsq_put_be32(sz, (uint32_t)len);
 	p[0] = LIT("PUB ");
 	p[1] = PART(topic, tl);
 	p[2] = LIT("\n");
@@ -504,7 +488,7 @@ sl_nsq_enc_dpub(uint8_t *out, size_t cap, const char *topic, uint32_t defer_ms,
 	rc = body_check(body, len);
 	if (rc)
 		return rc;
-	put_be32(sz, (uint32_t)len);
+	sl_nsq_put_be32(sz, (uint32_t)len);
 	p[0] = LIT("DPUB ");
 	p[1] = PART(topic, tl);
 	p[2] = LIT(" ");
@@ -552,11 +536,11 @@ sl_nsq_enc_mpub(uint8_t *out, size_t cap, const char *topic,
 		return (ssize_t)need;
 	off = (size_t)gather(out, cap, p, 3);
 	w = out + off;
-	put_be32(w, (uint32_t)total);
-	put_be32(w + 4, (uint32_t)n);
+	sl_nsq_put_be32(w, (uint32_t)total);
+	sl_nsq_put_be32(w + 4, (uint32_t)n);
 	w += 8;
 	for (i = 0; i < n; i++) {
-		put_be32(w, (uint32_t)bodies[i].len);
+		sl_nsq_put_be32(w, (uint32_t)bodies[i].len);
 		memcpy(w + 4, bodies[i].ptr, bodies[i].len);
 		w += 4 + bodies[i].len;
 	}

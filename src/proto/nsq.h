@@ -52,6 +52,23 @@
  */
 #define SL_NSQ_FRAME_SIZE_FOR(max_msg) ((size_t)(max_msg) + 4u + SL_NSQ_MSG_HDR)
 
+/* The protocol's integers are big-endian (section 1.2). */
+static inline uint32_t
+sl_nsq_get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
+	       (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline void
+sl_nsq_put_be32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)(v >> 24);
+	p[1] = (uint8_t)(v >> 16);
+	p[2] = (uint8_t)(v >> 8);
+	p[3] = (uint8_t)v;
+}
+
 enum sl_nsq_frame_type {
 	SL_NSQ_FRAME_RESPONSE = 0,
 	SL_NSQ_FRAME_ERROR = 1,

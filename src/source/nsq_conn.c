@@ -20,7 +20,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -34,34 +33,12 @@
 #define DEFAULT_CLIENT   "sluice"
 #define DEFAULT_MAX_BODY ((size_t)1 << 20)
 
-void
-sl_nsq_seterr(char *err, size_t size, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || size == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, size, fmt, ap);
-	va_end(ap);
-}
-
 int
 sl_nsq_buf_reserve(struct sl_nsq_buf *b, size_t more)
 {
-	size_t cap = b->cap ? b->cap : 256;
-	uint8_t *p;
-
-	if (b->len + more <= b->cap)
-		return 0;
-	while (cap < b->len + more)
-		cap *= 2;
-	p = sl_realloc(b->p, cap);
-	if (!p)
+	if (more > SIZE_MAX - b->len)
 		return SLUICE_ENOMEM;
-	b->p = p;
-	b->cap = cap;
-	return 0;
+	return sl_nsq_grow(&b->p, &b->cap, b->len + more, 256);
 }
 
 void
@@ -99,6 +76,19 @@ sl_nsq_conn_close(struct sl_nsq_conn *c)
 		close(c->fd);
 	c->fd = -1;
 	sl_nsq_buf_free(&c->rbuf);
+}
+
+void
+sl_nsq_kick(int evfd, atomic_bool *kicked)
+{
+	uint64_t one = 1;
+	ssize_t r;
+
+	if (atomic_exchange(kicked, true))
+		return;
+	do
+		r = write(evfd, &one, sizeof(one));
+	while (r < 0 && errno == EINTR);
 }
 
 /* ---- raw I/O: the one place a transport plugs in ----------------------- */
@@ -181,26 +171,6 @@ sl_nsq_conn_flush(struct sl_nsq_conn *c)
 
 /* ---- blocking helpers -------------------------------------------------- */
 
-/* Wait for @events on @fd until @until (monotonic). */
-static int
-wait_fd(int fd, short events, int64_t until)
-{
-	struct pollfd p = { .fd = fd, .events = events };
-	int64_t left;
-	int r;
-
-	for (;;) {
-		left = until - sl_mono_ns();
-		if (left <= 0)
-			return SLUICE_ETIMEDOUT;
-		r = poll(&p, 1, (int)(left / SLUICE_NS_PER_MS) + 1);
-		if (r > 0)
-			return 0;
-		if (r < 0 && errno != EINTR)
-			return -errno;
-	}
-}
-
 int
 sl_nsq_conn_send(struct sl_nsq_conn *c, const void *p, size_t len,
 		 int64_t until)
@@ -220,7 +190,7 @@ sl_nsq_conn_send(struct sl_nsq_conn *c, const void *p, size_t len,
 			len -= (size_t)r;
 			continue;
 		}
-		rc = wait_fd(c->fd, POLLOUT, until);
+		rc = sl_nsq_wait_fd(c->fd, POLLOUT, until);
 		if (rc < 0)
 			return rc;
 	}
@@ -259,8 +229,8 @@ sl_nsq_conn_frame(struct sl_nsq_conn *c, int64_t until, struct sl_nsq_frame *f,
 		if (k < 0)
 			return (int)k;
 		if (k == 0 && !sl_nsq_conn_pending(c)) {
-			rc = wait_fd(c->fd, sl_nsq_conn_events(c, false),
-				     until);
+			rc = sl_nsq_wait_fd(c->fd, sl_nsq_conn_events(c, false),
+					    until);
 			if (rc < 0)
 				return rc;
 		}
@@ -303,7 +273,7 @@ sl_nsq_conn_connect(struct sl_nsq_conn *c, const char *host, uint16_t port,
 				close(fd);
 				continue;
 			}
-			rc = wait_fd(fd, POLLOUT, until);
+			rc = sl_nsq_wait_fd(fd, POLLOUT, until);
 			if (rc == 0 && getsockopt(fd, SOL_SOCKET, SO_ERROR,
 						  &soerr, &sl) < 0)
 				rc = -errno;
@@ -325,18 +295,6 @@ sl_nsq_conn_connect(struct sl_nsq_conn *c, const char *host, uint16_t port,
 		sl_nsq_seterr(err, errsize, "cannot connect to %s:%u: %s", host,
 			      (unsigned)port, sluice_strerror(rc));
 	return rc;
-}
-
-/* Describe an unexpected reply frame in @err. */
-static int
-refused(const struct sl_nsq_frame *f, const char *what, char *err,
-	size_t errsize)
-{
-	int len = f->len > 200 ? 200 : (int)f->len;
-
-	sl_nsq_seterr(err, errsize, "%s refused: %.*s", what, len,
-		      (const char *)f->data);
-	return SLUICE_EPROTO;
 }
 
 static uint32_t
@@ -448,7 +406,7 @@ expect_ok(struct sl_nsq_conn *c, const char *what, int64_t until, char *err,
 	}
 	if (f.type != SL_NSQ_FRAME_RESPONSE ||
 	    sl_nsq_response_kind(f.data, f.len) != SL_NSQ_RESP_OK)
-		return refused(&f, what, err, errsize);
+		return sl_nsq_refused(&f, what, err, errsize);
 	sl_nsq_buf_consume(&c->rbuf, used);
 	return 0;
 }
@@ -525,7 +483,10 @@ auth(struct sl_nsq_conn *c, const struct sl_nsq_conn_config *cfg, int64_t until,
 	}
 	if (f.type != SL_NSQ_FRAME_RESPONSE ||
 	    sl_nsq_response_kind(f.data, f.len) != SL_NSQ_RESP_JSON)
-		return refused(&f, "AUTH", err, errsize);
+		return sl_nsq_refused(&f, "AUTH", err, errsize);
+	if (sl_nsq_auth_parse(f.data, f.len, &c->auth) < 0)
+		return sl_nsq_refused(&f, "AUTH (unreadable reply)", err,
+				      errsize);
 	sl_nsq_buf_consume(&c->rbuf, used);
 	return 0;
 }
@@ -567,7 +528,7 @@ sl_nsq_conn_identify(struct sl_nsq_conn *c,
 		return rc;
 	}
 	if (f.type != SL_NSQ_FRAME_RESPONSE)
-		return refused(&f, "IDENTIFY", err, errsize);
+		return sl_nsq_refused(&f, "IDENTIFY", err, errsize);
 	c->ident = (struct sl_nsq_ident){
 		.max_rdy_count = SL_NSQ_DEFAULT_MAX_RDY,
 		.msg_timeout_ms = cfg->msg_timeout_ms
@@ -579,13 +540,13 @@ sl_nsq_conn_identify(struct sl_nsq_conn *c,
 	switch (sl_nsq_response_kind(f.data, f.len)) {
 	case SL_NSQ_RESP_JSON:
 		if (parse_ident(c, &f) < 0)
-			return refused(&f, "IDENTIFY (unreadable reply)", err,
-				       errsize);
+			return sl_nsq_refused(&f, "IDENTIFY (unreadable reply)",
+					      err, errsize);
 		break;
 	case SL_NSQ_RESP_OK:
 		break;
 	default:
-		return refused(&f, "IDENTIFY", err, errsize);
+		return sl_nsq_refused(&f, "IDENTIFY", err, errsize);
 	}
 	sl_nsq_buf_consume(&c->rbuf, used);
 	rc = upgrade(c, cfg, until, err, errsize);

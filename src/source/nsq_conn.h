@@ -29,6 +29,7 @@
 #ifndef SL_SOURCE_NSQ_CONN_H
 #define SL_SOURCE_NSQ_CONN_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -90,13 +91,9 @@ struct sl_nsq_conn {
 	size_t max_frame;       /* largest frame size field accepted */
 	struct sl_nsq_buf rbuf; /* bytes read, not yet parsed */
 	struct sl_nsq_ident ident;
-	struct sl_nsq_tp *tp; /* the upgraded stream; NULL = plain socket */
+	struct sl_nsq_tp *tp;    /* the upgraded stream; NULL = plain socket */
+	struct sl_nsq_auth auth; /* the AUTH reply; zero when none was sent */
 };
-
-/* snprintf into @err (when not NULL and @size > 0): the handshake's and
- * the source's error texts. */
-void sl_nsq_seterr(char *err, size_t size, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
 
 /* Zero @c and set fd to -1 (so sl_nsq_conn_close() is always safe). */
 void sl_nsq_conn_init(struct sl_nsq_conn *c, size_t max_body);
@@ -112,7 +109,8 @@ int sl_nsq_conn_connect(struct sl_nsq_conn *c, const char *host, uint16_t port,
 /**
  * sl_nsq_conn_identify() - magic + IDENTIFY, read and parse the reply into
  * c->ident, then the upgrade step (section 6: TLS, then snappy or deflate,
- * each followed by an "OK"), then AUTH if auth_required.
+ * each followed by an "OK"), then AUTH if auth_required (the reply in
+ * c->auth).
  * Returns: 0, SLUICE_EPROTO (refused: @err has the server's text; or a
  * granted feature has no transport yet; or AUTH required and no secret),
  * SLUICE_ETIMEDOUT, SLUICE_EINVAL, SLUICE_ENOMEM, -errno.
@@ -178,6 +176,13 @@ bool sl_nsq_conn_wpending(const struct sl_nsq_conn *c);
 /** sl_nsq_conn_flush() - send what the layers hold: 0 when all is out,
  * SLUICE_EAGAIN when some is left (poll, call again), or an error. */
 int sl_nsq_conn_flush(struct sl_nsq_conn *c);
+
+/**
+ * sl_nsq_kick() - wake the I/O thread polling the eventfd @evfd unless
+ * *@kicked says a wake-up is already on its way (seq_cst; the thread
+ * clears it before reading the eventfd).
+ */
+void sl_nsq_kick(int evfd, atomic_bool *kicked);
 
 /** sl_nsq_conn_close() - close the socket, free the buffer.  Idempotent. */
 void sl_nsq_conn_close(struct sl_nsq_conn *c);

@@ -167,15 +167,6 @@ list_cat(struct list *l, struct list *more)
 	more->head = more->tail = NULL;
 }
 
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)(v >> 24);
-	p[1] = (uint8_t)(v >> 16);
-	p[2] = (uint8_t)(v >> 8);
-	p[3] = (uint8_t)v;
-}
-
 static size_t
 wire_len(const struct txn *t)
 {
@@ -201,14 +192,7 @@ note(struct sluice_nsq_producer *p, const char *fmt, ...)
 static void
 kick(struct sluice_nsq_producer *p)
 {
-	uint64_t one = 1;
-	ssize_t r;
-
-	if (atomic_exchange(&p->kicked, true))
-		return;
-	do
-		r = write(p->evfd, &one, sizeof(one));
-	while (r < 0 && errno == EINTR);
+	sl_nsq_kick(p->evfd, &p->kicked);
 }
 
 /* ---- building txns (under mu) -------------------------------------------- */
@@ -290,7 +274,7 @@ txn_append(struct txn *t, const void *body, size_t len,
 		t->b.failed = false; /* the txn's contents are intact */
 		return SLUICE_ENOMEM;
 	}
-	put32(sz, (uint32_t)len);
+	sl_nsq_put_be32(sz, (uint32_t)len);
 	sl_buf_put(&t->b, sz, 4);
 	sl_buf_put(&t->b, body, len);
 	t->cb[t->count++] = (struct cbent){ fn, arg };
@@ -316,9 +300,9 @@ txn_seal(struct txn *t)
 	k = (size_t)n;
 	if (!t->dpub && t->count > 1) {
 		/* body size = 4 (count) + sum(4 + len), then the count */
-		put32(t->b.data + HDR_ROOM - 8,
-		      (uint32_t)(t->b.len - HDR_ROOM + 4));
-		put32(t->b.data + HDR_ROOM - 4, (uint32_t)t->count);
+		sl_nsq_put_be32(t->b.data + HDR_ROOM - 8,
+				(uint32_t)(t->b.len - HDR_ROOM + 4));
+		sl_nsq_put_be32(t->b.data + HDR_ROOM - 4, (uint32_t)t->count);
 		t->start = HDR_ROOM - 8 - k;
 	} else {
 		t->start = HDR_ROOM - k;

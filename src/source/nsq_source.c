@@ -219,17 +219,6 @@ rnd(struct sluice_nsq *n)
 	return (double)(x >> 11) / (double)(UINT64_C(1) << 53);
 }
 
-static char *
-dupstr(const char *s)
-{
-	size_t len = strlen(s) + 1;
-	char *p = sl_malloc(len);
-
-	if (p)
-		memcpy(p, s, len);
-	return p;
-}
-
 enum cmd { C_FIN, C_REQ, C_TOUCH, C_RDY, C_NOP, C_CLS };
 
 /* Append one short command to @b. */
@@ -274,14 +263,7 @@ put_cmd(struct sl_nsq_buf *b, enum cmd c, const char *id, uint32_t arg)
 static void
 kick(struct sluice_nsq *n)
 {
-	uint64_t one = 1;
-	ssize_t r;
-
-	if (atomic_exchange(&n->kicked, true))
-		return;
-	do
-		r = write(n->evfd, &one, sizeof(one));
-	while (r < 0 && errno == EINTR);
+	sl_nsq_kick(n->evfd, &n->kicked);
 }
 
 /* Split "HOST:PORT" / "[V6]:PORT".  Returns 0 or SLUICE_EINVAL. */
@@ -1182,10 +1164,13 @@ io_main(void *arg)
 				err = do_write(n, s);
 			if (!err) {
 				err = check_slot(n, s, now, &clean);
-				if (err == 0 || (err < 0 && clean))
-					err = 0, clean = true;
-				else if (err > 0)
-					err = 0, clean = false;
+				if (err == 0 || (err < 0 && clean)) {
+					err = 0;
+					clean = true;
+				} else if (err > 0) {
+					err = 0;
+					clean = false;
+				}
 				if (clean) {
 					slot_down(n, s, 0);
 					n->act[i] = NULL;
@@ -1809,9 +1794,10 @@ setup(struct sluice_nsq *n, const struct sluice_nsq_config *cfg, char *err,
 	size_t i;
 
 	n->cfg = *cfg;
-	n->topic = dupstr(cfg->topic);
-	n->channel = dupstr(cfg->channel);
-	n->client_id = dupstr(cfg->client_id ? cfg->client_id : DEFAULT_CLIENT);
+	n->topic = sl_strdup(cfg->topic);
+	n->channel = sl_strdup(cfg->channel);
+	n->client_id =
+		sl_strdup(cfg->client_id ? cfg->client_id : DEFAULT_CLIENT);
 	if (!n->topic || !n->channel || !n->client_id)
 		return SLUICE_ENOMEM;
 	n->ccfg = (struct sl_nsq_conn_config){
@@ -1827,13 +1813,14 @@ setup(struct sluice_nsq *n, const struct sluice_nsq_config *cfg, char *err,
 			.skip_verify = cfg->tls_skip_verify,
 		},
 	};
-	if (cfg->tls_ca_file && !(n->tls_ca = dupstr(cfg->tls_ca_file)))
+	if (cfg->tls_ca_file && !(n->tls_ca = sl_strdup(cfg->tls_ca_file)))
 		return SLUICE_ENOMEM;
-	if (cfg->tls_cert_file && !(n->tls_cert = dupstr(cfg->tls_cert_file)))
+	if (cfg->tls_cert_file &&
+	    !(n->tls_cert = sl_strdup(cfg->tls_cert_file)))
 		return SLUICE_ENOMEM;
-	if (cfg->tls_key_file && !(n->tls_key = dupstr(cfg->tls_key_file)))
+	if (cfg->tls_key_file && !(n->tls_key = sl_strdup(cfg->tls_key_file)))
 		return SLUICE_ENOMEM;
-	if (cfg->auth_secret && !(n->auth = dupstr(cfg->auth_secret)))
+	if (cfg->auth_secret && !(n->auth = sl_strdup(cfg->auth_secret)))
 		return SLUICE_ENOMEM;
 	n->ccfg.tls.ca_file = n->tls_ca;
 	n->ccfg.tls.cert_file = n->tls_cert;
@@ -1845,7 +1832,7 @@ setup(struct sluice_nsq *n, const struct sluice_nsq_config *cfg, char *err,
 		if (!n->lookupd)
 			return SLUICE_ENOMEM;
 		for (i = 0; i < cfg->n_lookupd; i++) {
-			n->lookupd[i] = dupstr(cfg->lookupd[i]);
+			n->lookupd[i] = sl_strdup(cfg->lookupd[i]);
 			if (!n->lookupd[i])
 				return SLUICE_ENOMEM;
 			n->n_lookupd++;

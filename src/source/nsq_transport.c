@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * nsq_transport.c - TLS (OpenSSL 3) and DEFLATE (zlib) / snappy framing
- * layers over one nsqd socket, and the blocking handshake that switches
- * them on (docs/nsq-protocol.md sections 2.1, 2.2 and 6).
+ * layers over one nsqd socket, and the blocking upgrade that switches
+ * them on (docs/nsq-protocol.md section 6).
  *
  * Layering: plaintext <-> [deflate | snappy] <-> [TLS] <-> socket.
  *  - Reading: the lowest layer (SSL_read or recv) fills `cin` with
@@ -27,7 +27,7 @@
  *
  * Decisions: TLS 1.2 is the minimum (nsqd offers 1.3); verification is on
  * unless skip_verify, against ca_file or the system roots; a requested but
- * refused TLS is an error in sl_nsq_tp_handshake() (no silent plaintext
+ * refused TLS is an error in sl_nsq_conn_identify() (no silent plaintext
  * downgrade), a refused compression is not.  A deflate stream that ends
  * (final block) reads as EOF.  Errors are sticky: once a read or flush
  * failed every later call returns the same code.
@@ -60,7 +60,7 @@
 
 #define READ_CHUNK        16384u
 #define ERR_TEXT          256u
-#define HS_FRAME_MAX      4096u /* IDENTIFY / AUTH replies are far shorter */
+#define HS_FRAME_MAX      4096u /* the upgrade's "OK" replies are far shorter */
 #define DEFAULT_MAX_FRAME SL_NSQ_FRAME_SIZE_FOR(1u << 20)
 /* Largest snappy chunk that may sit in cin (3-byte length + header). */
 #define SNAPPY_CHUNK_MAX  ((size_t)SL_SNAPPY_HDR + 0xffffffu)
@@ -94,11 +94,8 @@ struct sl_nsq_tp {
 	char errtext[ERR_TEXT];
 };
 
-static void seterr(char *err, size_t size, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void
-seterr(char *err, size_t size, const char *fmt, ...)
+void
+sl_nsq_seterr(char *err, size_t size, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -141,12 +138,30 @@ ssl_reason(char *buf, size_t size)
 
 /* ---- buffers ------------------------------------------------------------- */
 
+int
+sl_nsq_grow(uint8_t **p, size_t *cap, size_t need, size_t first)
+{
+	size_t n = *cap ? *cap : first;
+	uint8_t *q;
+
+	if (need <= *cap)
+		return 0;
+	while (n < need) {
+		if (n > SIZE_MAX / 2)
+			return SLUICE_ENOMEM;
+		n *= 2;
+	}
+	q = sl_realloc(*p, n);
+	if (!q)
+		return SLUICE_ENOMEM;
+	*p = q;
+	*cap = n;
+	return 0;
+}
+
 static int
 xreserve(struct xbuf *b, size_t more)
 {
-	size_t cap;
-	uint8_t *p;
-
 	if (b->off && b->off == b->len)
 		b->off = b->len = 0;
 	if (b->cap - b->len >= more)
@@ -158,18 +173,9 @@ xreserve(struct xbuf *b, size_t more)
 		if (b->cap - b->len >= more)
 			return 0;
 	}
-	cap = b->cap ? b->cap : 4096;
-	while (cap - b->len < more) {
-		if (cap > SIZE_MAX / 2)
-			return SLUICE_ENOMEM;
-		cap *= 2;
-	}
-	p = sl_realloc(b->p, cap);
-	if (!p)
+	if (more > SIZE_MAX - b->len)
 		return SLUICE_ENOMEM;
-	b->p = p;
-	b->cap = cap;
-	return 0;
+	return sl_nsq_grow(&b->p, &b->cap, b->len + more, 4096);
 }
 
 static int
@@ -714,16 +720,13 @@ sl_nsq_tp_events(const struct sl_nsq_tp *tp)
 
 /* ---- blocking helpers ---------------------------------------------------- */
 
-/* Wait until the transport can make progress, or @until. */
-static int
-wait_io(struct sl_nsq_tp *tp, short events, int64_t until)
+int
+sl_nsq_wait_fd(int fd, short events, int64_t until)
 {
-	struct pollfd p = { .fd = tp->fd, .events = events };
+	struct pollfd p = { .fd = fd, .events = events };
 	int64_t left;
 	int r;
 
-	if (sl_nsq_tp_pending(tp))
-		return 0;
 	for (;;) {
 		left = until - sl_mono_ns();
 		if (left <= 0)
@@ -734,6 +737,15 @@ wait_io(struct sl_nsq_tp *tp, short events, int64_t until)
 		if (r < 0 && errno != EINTR)
 			return -errno;
 	}
+}
+
+/* Wait until the transport can make progress, or @until. */
+static int
+wait_io(struct sl_nsq_tp *tp, short events, int64_t until)
+{
+	if (sl_nsq_tp_pending(tp))
+		return 0;
+	return sl_nsq_wait_fd(tp->fd, events, until);
 }
 
 int
@@ -803,8 +815,7 @@ sl_nsq_tp_frame(struct sl_nsq_tp *tp, uint8_t *buf, size_t cap, bool nop,
 					 : "a malformed frame");
 			return (int)k;
 		}
-		total = 4 + ((size_t)buf[0] << 24 | (size_t)buf[1] << 16 |
-			     (size_t)buf[2] << 8 | (size_t)buf[3]);
+		total = 4 + (size_t)sl_nsq_get_be32(buf);
 		if (total > cap) {
 			snprintf(tp->errtext, sizeof(tp->errtext),
 				 "a %zu-byte frame where a short reply was "
@@ -845,13 +856,14 @@ expect_ok(struct sl_nsq_tp *tp, const char *step, int64_t until, char *err,
 	int rc = sl_nsq_tp_frame(tp, buf, sizeof(buf), false, until, &f);
 
 	if (rc < 0) {
-		seterr(err, errsize, "%s: %s", step, tp->errtext);
+		sl_nsq_seterr(err, errsize, "%s: %s", step, tp->errtext);
 		return rc;
 	}
 	if (f.type != SL_NSQ_FRAME_RESPONSE ||
 	    sl_nsq_response_kind(f.data, f.len) != SL_NSQ_RESP_OK) {
-		seterr(err, errsize, "%s: nsqd answered %.*s", step,
-		       f.len > 200 ? 200 : (int)f.len, (const char *)f.data);
+		sl_nsq_seterr(err, errsize, "%s: nsqd answered %.*s", step,
+			      f.len > 200 ? 200 : (int)f.len,
+			      (const char *)f.data);
 		return SLUICE_EPROTO;
 	}
 	return 0;
@@ -887,9 +899,10 @@ tls_setup(struct sl_nsq_tp *tp, const struct sl_nsq_tls *tls, char *err,
 			    ? SSL_CTX_load_verify_locations(
 				      tp->ctx, tls->ca_file, NULL) != 1
 			    : SSL_CTX_set_default_verify_paths(tp->ctx) != 1) {
-			seterr(err, errsize, "TLS: cannot load CA file %s: %s",
-			       tls->ca_file ? tls->ca_file : "(default)",
-			       ssl_reason(why, sizeof(why)));
+			sl_nsq_seterr(err, errsize,
+				      "TLS: cannot load CA file %s: %s",
+				      tls->ca_file ? tls->ca_file : "(default)",
+				      ssl_reason(why, sizeof(why)));
 			return SLUICE_EINVAL;
 		}
 		SSL_CTX_set_verify(tp->ctx, SSL_VERIFY_PEER, NULL);
@@ -902,9 +915,9 @@ tls_setup(struct sl_nsq_tp *tp, const struct sl_nsq_tls *tls, char *err,
 		     tp->ctx, tls->key_file ? tls->key_file : tls->cert_file,
 		     SSL_FILETYPE_PEM) != 1 ||
 	     SSL_CTX_check_private_key(tp->ctx) != 1)) {
-		seterr(err, errsize,
-		       "TLS: cannot use client certificate %s: %s",
-		       tls->cert_file, ssl_reason(why, sizeof(why)));
+		sl_nsq_seterr(err, errsize,
+			      "TLS: cannot use client certificate %s: %s",
+			      tls->cert_file, ssl_reason(why, sizeof(why)));
 		return SLUICE_EINVAL;
 	}
 	tp->ssl = SSL_new(tp->ctx);
@@ -932,8 +945,8 @@ tls_setup(struct sl_nsq_tp *tp, const struct sl_nsq_tls *tls, char *err,
 			     SSL_set1_host(tp->ssl, name) == 1;
 		}
 		if (!ok) {
-			seterr(err, errsize, "TLS: bad server name %s",
-			       tls->server_name);
+			sl_nsq_seterr(err, errsize, "TLS: bad server name %s",
+				      tls->server_name);
 			return SLUICE_EINVAL;
 		}
 	}
@@ -964,31 +977,33 @@ tls_handshake(struct sl_nsq_tp *tp, int64_t until, char *err, size_t errsize)
 			break;
 		case SSL_ERROR_SYSCALL:
 			if (ERR_peek_error() == 0) {
-				seterr(err, errsize, "TLS handshake: %s",
-				       e ? sluice_strerror(-e)
-					 : "nsqd closed the connection");
+				sl_nsq_seterr(err, errsize, "TLS handshake: %s",
+					      e ? sluice_strerror(-e)
+						: "nsqd closed the connection");
 				return e ? -e : SLUICE_EIO;
 			}
-			/* fall through */
+			/* An OpenSSL error is queued: report it below. */
+			__attribute__((fallthrough));
 		default: {
 			long v = SSL_get_verify_result(tp->ssl);
 
 			if (v != X509_V_OK)
-				seterr(err, errsize,
-				       "TLS certificate verification failed: "
-				       "%s",
-				       X509_verify_cert_error_string(v));
+				sl_nsq_seterr(
+					err, errsize,
+					"TLS certificate verification failed: "
+					"%s",
+					X509_verify_cert_error_string(v));
 			else
-				seterr(err, errsize, "TLS handshake: %s",
-				       ssl_reason(why, sizeof(why)));
+				sl_nsq_seterr(err, errsize, "TLS handshake: %s",
+					      ssl_reason(why, sizeof(why)));
 			ERR_clear_error();
 			return SLUICE_EPROTO;
 		}
 		}
 		rc = wait_io(tp, ev, until);
 		if (rc < 0) {
-			seterr(err, errsize, "TLS handshake: %s",
-			       sluice_strerror(rc));
+			sl_nsq_seterr(err, errsize, "TLS handshake: %s",
+				      sluice_strerror(rc));
 			return rc;
 		}
 	}
@@ -1026,29 +1041,31 @@ sl_nsq_tp_upgrade(struct sl_nsq_tp *tp, const struct sl_nsq_features *feat,
 {
 	int rc;
 
-	seterr(err, errsize, "%s", "");
+	sl_nsq_seterr(err, errsize, "%s", "");
 	if (!tp || !feat || (!early && early_len))
 		return SLUICE_EINVAL;
 	if (tp->ssl || tp->comp != C_NONE) {
-		seterr(err, errsize, "upgrade: the transport is upgraded");
+		sl_nsq_seterr(err, errsize,
+			      "upgrade: the transport is upgraded");
 		return SLUICE_EINVAL;
 	}
 	if (feat->deflate && feat->snappy) {
-		seterr(err, errsize,
-		       "nsqd granted both deflate and snappy compression");
+		sl_nsq_seterr(
+			err, errsize,
+			"nsqd granted both deflate and snappy compression");
 		return SLUICE_EPROTO;
 	}
 	if (feat->tls_v1) {
 		if (early_len) {
-			seterr(err, errsize,
-			       "TLS: nsqd sent %zu bytes before the TLS "
-			       "handshake",
-			       early_len);
+			sl_nsq_seterr(err, errsize,
+				      "TLS: nsqd sent %zu bytes before the TLS "
+				      "handshake",
+				      early_len);
 			return SLUICE_EPROTO;
 		}
 		rc = tls_setup(tp, tls, err, errsize);
 		if (rc == SLUICE_ENOMEM)
-			seterr(err, errsize, "TLS: out of memory");
+			sl_nsq_seterr(err, errsize, "TLS: out of memory");
 		if (rc == 0)
 			rc = tls_handshake(tp, until, err, errsize);
 		if (rc == 0)
@@ -1064,263 +1081,52 @@ sl_nsq_tp_upgrade(struct sl_nsq_tp *tp, const struct sl_nsq_features *feat,
 		    xappend(&tp->cin, early, early_len) < 0)
 			rc = SLUICE_ENOMEM;
 		if (rc < 0) {
-			seterr(err, errsize, "%s: out of memory", step);
+			sl_nsq_seterr(err, errsize, "%s: out of memory", step);
 			return rc;
 		}
 		rc = expect_ok(tp, step, until, err, errsize);
 		if (rc < 0)
 			return rc;
 	} else if (early_len) {
-		seterr(err, errsize,
-		       "%zu unexpected bytes after the IDENTIFY reply",
-		       early_len);
+		sl_nsq_seterr(err, errsize,
+			      "%zu unexpected bytes after the IDENTIFY reply",
+			      early_len);
 		return SLUICE_EPROTO;
 	}
 	return 0;
 }
 
-/* ---- IDENTIFY and AUTH replies ------------------------------------------- */
-
-static int64_t
-jint(json_t *o, const char *key)
-{
-	json_t *v = json_object_get(o, key);
-
-	return json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
-}
+/* ---- replies ------------------------------------------------------------- */
 
 int
-sl_nsq_features_parse(const uint8_t *data, size_t len,
-		      struct sl_nsq_features *out)
+sl_nsq_refused(const struct sl_nsq_frame *f, const char *what, char *err,
+	       size_t errsize)
 {
-	json_error_t je;
-	json_t *o;
-
-	if (!out || (!data && len))
-		return SLUICE_EINVAL;
-	*out = (struct sl_nsq_features){ .deflate_level = -1,
-					 .max_rdy_count = -1,
-					 .msg_timeout = -1,
-					 .max_msg_timeout = -1 };
-	switch (sl_nsq_response_kind(data, len)) {
-	case SL_NSQ_RESP_OK:
-		return 0;
-	case SL_NSQ_RESP_JSON:
-		break;
-	default:
-		return SLUICE_EPROTO;
-	}
-	o = json_loadb((const char *)data, len, 0, &je);
-	if (!json_is_object(o)) {
-		json_decref(o);
-		return SLUICE_EPROTO;
-	}
-	out->json = true;
-	out->tls_v1 = json_is_true(json_object_get(o, "tls_v1"));
-	out->deflate = json_is_true(json_object_get(o, "deflate"));
-	out->snappy = json_is_true(json_object_get(o, "snappy"));
-	out->auth_required = json_is_true(json_object_get(o, "auth_required"));
-	out->deflate_level = (int)jint(o, "deflate_level");
-	out->max_rdy_count = jint(o, "max_rdy_count");
-	out->msg_timeout = jint(o, "msg_timeout");
-	out->max_msg_timeout = jint(o, "max_msg_timeout");
-	json_decref(o);
-	return 0;
-}
-
-/* "@what refused: <the server's error text>" */
-static int
-refused(const struct sl_nsq_frame *f, const char *what, char *err,
-	size_t errsize)
-{
-	seterr(err, errsize, "%s refused: %.*s", what,
-	       f->len > 200 ? 200 : (int)f->len, (const char *)f->data);
+	sl_nsq_seterr(err, errsize, "%s refused: %.*s", what,
+		      f->len > 200 ? 200 : (int)f->len, (const char *)f->data);
 	return SLUICE_EPROTO;
 }
 
 int
-sl_nsq_tp_auth(struct sl_nsq_tp *tp, const void *secret, size_t len,
-	       int64_t until, struct sl_nsq_auth *out, char *err,
-	       size_t errsize)
+sl_nsq_auth_parse(const uint8_t *data, size_t len, struct sl_nsq_auth *out)
 {
-	uint8_t buf[HS_FRAME_MAX], *cmd;
-	struct sl_nsq_frame f;
 	json_error_t je;
-	json_t *o;
-	ssize_t m;
-	int rc;
+	json_t *o, *v;
+	const char *str;
 
-	seterr(err, errsize, "%s", "");
-	m = sl_nsq_enc_auth(NULL, 0, secret, len);
-	if (m < 0) {
-		seterr(err, errsize, "AUTH: the secret must not be empty");
-		return (int)m;
-	}
-	cmd = sl_malloc((size_t)m);
-	if (!cmd)
-		return SLUICE_ENOMEM;
-	m = sl_nsq_enc_auth(cmd, (size_t)m, secret, len);
-	rc = sl_nsq_tp_send(tp, cmd, (size_t)m, until);
-	sl_free(cmd);
-	if (rc == 0)
-		rc = sl_nsq_tp_frame(tp, buf, sizeof(buf), true, until, &f);
-	if (rc < 0) {
-		seterr(err, errsize, "AUTH: %s",
-		       tp->errtext[0] ? tp->errtext : sluice_strerror(rc));
-		return rc;
-	}
-	if (f.type != SL_NSQ_FRAME_RESPONSE)
-		return refused(&f, "AUTH", err, errsize);
-	o = json_loadb((const char *)f.data, f.len, 0, &je);
+	o = data ? json_loadb((const char *)data, len, 0, &je) : NULL;
 	if (!json_is_object(o)) {
 		json_decref(o);
-		return refused(&f, "AUTH (unreadable reply)", err, errsize);
+		return SLUICE_EPROTO;
 	}
-	if (out) {
-		const char *s =
-			json_string_value(json_object_get(o, "identity"));
-
-		snprintf(out->identity, sizeof(out->identity), "%s",
-			 s ? s : "");
-		s = json_string_value(json_object_get(o, "identity_url"));
-		snprintf(out->identity_url, sizeof(out->identity_url), "%s",
-			 s ? s : "");
-		out->permission_count = jint(o, "permission_count");
-	}
+	str = json_string_value(json_object_get(o, "identity"));
+	snprintf(out->identity, sizeof(out->identity), "%s", str ? str : "");
+	str = json_string_value(json_object_get(o, "identity_url"));
+	snprintf(out->identity_url, sizeof(out->identity_url), "%s",
+		 str ? str : "");
+	v = json_object_get(o, "permission_count");
+	out->permission_count =
+		json_is_integer(v) ? (int64_t)json_integer_value(v) : -1;
 	json_decref(o);
-	return 0;
-}
-
-/* ---- the whole handshake ------------------------------------------------- */
-
-static json_t *
-identify_json(const struct sl_nsq_hs_config *cfg)
-{
-	json_t *o = json_object();
-	int bad = !o;
-
-	if (!o)
-		return NULL;
-	bad |= json_object_set_new(o, "feature_negotiation", json_true());
-	if (cfg->client_id)
-		bad |= json_object_set_new(o, "client_id",
-					   json_string(cfg->client_id));
-	if (cfg->hostname)
-		bad |= json_object_set_new(o, "hostname",
-					   json_string(cfg->hostname));
-	if (cfg->user_agent)
-		bad |= json_object_set_new(o, "user_agent",
-					   json_string(cfg->user_agent));
-	if (cfg->heartbeat_ms)
-		bad |= json_object_set_new(o, "heartbeat_interval",
-					   json_integer(cfg->heartbeat_ms));
-	if (cfg->msg_timeout_ms)
-		bad |= json_object_set_new(o, "msg_timeout",
-					   json_integer(cfg->msg_timeout_ms));
-	bad |= json_object_set_new(o, "tls_v1", json_boolean(cfg->tls_v1));
-	bad |= json_object_set_new(o, "deflate", json_boolean(cfg->deflate));
-	bad |= json_object_set_new(
-		o, "deflate_level",
-		json_integer(cfg->deflate_level > 0 ? cfg->deflate_level : 6));
-	bad |= json_object_set_new(o, "snappy", json_boolean(cfg->snappy));
-	if (bad) {
-		json_decref(o);
-		return NULL;
-	}
-	return o;
-}
-
-int
-sl_nsq_tp_handshake(int fd, const struct sl_nsq_hs_config *cfg, int64_t until,
-		    struct sl_nsq_tp **out, struct sl_nsq_features *feat,
-		    struct sl_nsq_auth *auth, char *err, size_t errsize)
-{
-	uint8_t buf[HS_FRAME_MAX];
-	struct sl_nsq_features fe;
-	struct sl_nsq_frame f;
-	struct sl_nsq_tp *tp = NULL;
-	char js[1024];
-	size_t jlen;
-	json_t *o;
-	ssize_t m, k;
-	int rc;
-
-	seterr(err, errsize, "%s", "");
-	if (!cfg || !out || (cfg->deflate && cfg->snappy) ||
-	    cfg->deflate_level < 0 || cfg->deflate_level > 9) {
-		seterr(err, errsize,
-		       "invalid handshake settings (deflate and snappy are "
-		       "exclusive; deflate level 1..9)");
-		return SLUICE_EINVAL;
-	}
-	if (auth)
-		memset(auth, 0, sizeof(*auth));
-	rc = sl_nsq_tp_new(fd, cfg->max_frame, &tp);
-	if (rc < 0)
-		return rc;
-	o = identify_json(cfg);
-	jlen = o ? json_dumpb(o, js, sizeof(js), JSON_COMPACT) : 0;
-	json_decref(o);
-	m = sl_nsq_enc_magic(buf, sizeof(buf));
-	k = m < 0 || jlen == 0 || jlen > sizeof(js)
-		    ? SLUICE_EINVAL
-		    : sl_nsq_enc_identify(buf + m, sizeof(buf) - (size_t)m, js,
-					  jlen);
-	if (k < 0 || (size_t)k > sizeof(buf) - (size_t)m) {
-		seterr(err, errsize, "IDENTIFY: %s",
-		       o ? "body too long" : "out of memory");
-		sl_nsq_tp_free(tp);
-		return o ? SLUICE_EINVAL : SLUICE_ENOMEM;
-	}
-	rc = sl_nsq_tp_send(tp, buf, (size_t)(m + k), until);
-	/* Nothing may be written before the upgrade: no NOP. */
-	if (rc == 0)
-		rc = sl_nsq_tp_frame(tp, buf, sizeof(buf), false, until, &f);
-	if (rc < 0) {
-		seterr(err, errsize, "IDENTIFY: %s",
-		       tp->errtext[0] ? tp->errtext : sluice_strerror(rc));
-		goto out;
-	}
-	if (f.type != SL_NSQ_FRAME_RESPONSE) {
-		rc = refused(&f, "IDENTIFY", err, errsize);
-		goto out;
-	}
-	if (sl_nsq_features_parse(f.data, f.len, &fe) < 0) {
-		rc = refused(&f, "IDENTIFY (unreadable reply)", err, errsize);
-		goto out;
-	}
-	if (cfg->tls_v1 && !fe.tls_v1) {
-		seterr(err, errsize,
-		       "TLS was requested but nsqd did not grant it (no "
-		       "certificate configured?)");
-		rc = SLUICE_EPROTO;
-		goto out;
-	}
-	rc = sl_nsq_tp_upgrade(tp, &fe, &cfg->tls, cfg->deflate_level, NULL, 0,
-			       until, err, errsize);
-	if (rc < 0)
-		goto out;
-	if (fe.auth_required) {
-		if (!cfg->auth_secret || !*cfg->auth_secret) {
-			seterr(err, errsize,
-			       "nsqd requires AUTH but no secret is "
-			       "configured");
-			rc = SLUICE_EINVAL;
-			goto out;
-		}
-		rc = sl_nsq_tp_auth(tp, cfg->auth_secret,
-				    strlen(cfg->auth_secret), until, auth, err,
-				    errsize);
-		if (rc < 0)
-			goto out;
-	}
-	if (feat)
-		*feat = fe;
-out:
-	if (rc < 0) {
-		sl_nsq_tp_free(tp);
-		return rc;
-	}
-	*out = tp;
 	return 0;
 }

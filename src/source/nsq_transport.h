@@ -7,16 +7,13 @@
  *
  * Two halves:
  *
- * 1. The handshake (blocking, with a deadline; the caller's thread):
+ * 1. The upgrade (blocking, with a deadline; the caller's thread):
  *    sl_nsq_tp_new() wraps a connected socket (made non-blocking) as a
  *    plain transport.  After the caller has written IDENTIFY and read its
- *    reply with exact-length reads, sl_nsq_features_parse() reads the
- *    reply's flags and sl_nsq_tp_upgrade() performs section 6.1 exactly:
- *    TLS handshake, the "OK" frame through TLS, then compression on and
- *    its "OK" through it; nothing is written in between.  Then
- *    sl_nsq_tp_auth() sends AUTH when the reply said auth_required.
- *    sl_nsq_tp_handshake() does all of it (magic, IDENTIFY, upgrade, AUTH)
- *    for a caller that has nothing to add.
+ *    reply, sl_nsq_tp_upgrade() performs section 6.1 exactly: TLS
+ *    handshake, the "OK" frame through TLS, then compression on and its
+ *    "OK" through it; nothing is written in between.  The handshake around
+ *    it (magic, IDENTIFY, AUTH, SUB) is nsq_conn.c's sl_nsq_conn_identify().
  *
  * 2. The I/O loop (non-blocking; one thread owns the transport): call
  *    sl_nsq_tp_read()/sl_nsq_tp_write()/sl_nsq_tp_flush() where read(2)/
@@ -45,18 +42,11 @@
  *    - Any negative return other than SLUICE_EAGAIN is final: the
  *      connection is broken; sl_nsq_tp_error() says why in words.
  *
- * Plugging into nsq_conn.{h,c} (the shared handshake): in
- * sl_nsq_conn_identify(), once the reply is parsed and any of tls_v1 /
- * snappy / deflate is granted, create the transport on c->fd, call
- * sl_nsq_tp_upgrade() with c->rbuf's unparsed bytes as @early (then empty
- * c->rbuf), keep it in c->transport and do AUTH with sl_nsq_tp_auth().
- * sl_nsq_conn_read() becomes sl_nsq_tp_read() (its SLUICE_EAGAIN is their
- * "0 = would block", its 0 their SLUICE_EIO), sl_nsq_conn_write() becomes
- * sl_nsq_tp_write() + sl_nsq_tp_flush(), and the poll loop asks
- * sl_nsq_tp_events() / sl_nsq_tp_pending().  Between IDENTIFY and the
- * upgrade's last "OK" nothing may be written, not even a NOP for a
- * heartbeat.  sl_nsq_tp_handshake() below is the same sequence on its own,
- * for tests and tools.
+ * nsq_conn.{h,c} plugs it in: sl_nsq_conn_identify() creates the
+ * transport on c->fd once the IDENTIFY reply grants any of tls_v1 / snappy
+ * / deflate, hands c->rbuf's unparsed bytes to sl_nsq_tp_upgrade() as
+ * @early and keeps it in c->tp; sl_nsq_conn_read()/write()/events()/
+ * pending() then go through it.
  *
  * The transport does not own the socket: sl_nsq_tp_free() releases the
  * layers (no TLS close_notify is awaited), the caller closes the fd.
@@ -98,14 +88,32 @@ struct sl_nsq_features {
 	int64_t max_rdy_count, msg_timeout, max_msg_timeout;
 };
 
+/* snprintf into @err (when not NULL and @size > 0): the handshake's, the
+ * transport's and the source's error texts. */
+void sl_nsq_seterr(char *err, size_t size, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 /**
- * sl_nsq_features_parse() - read the IDENTIFY reply @data[0..@len) (the
- * data of a response frame): "OK" or a JSON object, keys by name, missing
- * ones false / -1.
- * Returns: 0, or SLUICE_EPROTO for neither "OK" nor a JSON object.
+ * sl_nsq_refused() - "@what refused: <the frame's text>" (the server's
+ * error, at most 200 bytes of it) into @err, for an unexpected reply @f.
+ * Returns: SLUICE_EPROTO.
  */
-int sl_nsq_features_parse(const uint8_t *data, size_t len,
-			  struct sl_nsq_features *out);
+int sl_nsq_refused(const struct sl_nsq_frame *f, const char *what, char *err,
+		   size_t errsize);
+
+/**
+ * sl_nsq_grow() - make the sl_malloc'd buffer *@p of *@cap bytes hold at
+ * least @need, doubling from @first (when *@cap is 0).
+ * Returns: 0, or SLUICE_ENOMEM (nothing changed).
+ */
+int sl_nsq_grow(uint8_t **p, size_t *cap, size_t need, size_t first);
+
+/**
+ * sl_nsq_wait_fd() - poll @fd for @events until @until (sl_mono_ns()
+ * time), retrying on EINTR.
+ * Returns: 0 when ready, SLUICE_ETIMEDOUT, or -errno.
+ */
+int sl_nsq_wait_fd(int fd, short events, int64_t until);
 
 struct sl_nsq_tp;
 
@@ -214,47 +222,14 @@ int sl_nsq_tp_upgrade(struct sl_nsq_tp *tp, const struct sl_nsq_features *feat,
 struct sl_nsq_auth {
 	char identity[256];
 	char identity_url[256];
-	int64_t permission_count;
+	int64_t permission_count; /* -1 when not given */
 };
 
 /**
- * sl_nsq_tp_auth() - AUTH with @secret[0..@len) and read the reply.
- * Returns: 0 and *@out (may be NULL); SLUICE_EPROTO with @err holding the
- * server's error text ("AUTH refused: E_AUTH_FAILED AUTH failed") or
- * describing an unreadable reply; SLUICE_EINVAL for an empty secret;
- * SLUICE_ETIMEDOUT; a socket error.
+ * sl_nsq_auth_parse() - read the AUTH reply @data[0..@len) (the data of a
+ * response frame), keys by name, missing strings "".
+ * Returns: 0, or SLUICE_EPROTO when it is not a JSON object.
  */
-int sl_nsq_tp_auth(struct sl_nsq_tp *tp, const void *secret, size_t len,
-		   int64_t until, struct sl_nsq_auth *out, char *err,
-		   size_t errsize);
-
-/* Everything sl_nsq_tp_handshake() sends and needs. */
-struct sl_nsq_hs_config {
-	const char *client_id, *hostname, *user_agent; /* NULL: omitted */
-	int heartbeat_ms;   /* 0: server default; -1 disables */
-	int msg_timeout_ms; /* 0: server default */
-	bool tls_v1;        /* ask for TLS; not granted is an error */
-	struct sl_nsq_tls tls;
-	bool deflate, snappy;    /* ask for one (both is SLUICE_EINVAL) */
-	int deflate_level;       /* 1..9; 0 = 6 */
-	const char *auth_secret; /* sent if nsqd requires AUTH; NULL while
-				    it does is an error */
-	size_t max_frame;        /* largest frame size field; 0 = 1 MiB+ */
-};
-
-/**
- * sl_nsq_tp_handshake() - on the connected socket @fd: magic, IDENTIFY
- * with feature negotiation, the granted upgrades, AUTH if required; all
- * before @until.  On success *@out is the transport for the I/O loop,
- * *@feat (may be NULL) what was negotiated, *@auth (may be NULL) the AUTH
- * reply (zeroed if none was needed).  Nothing beyond the last reply has
- * been read.
- * Returns: 0, or the errors of the steps with @err saying which step and
- * why (the server's own error text when it sent one).
- */
-int sl_nsq_tp_handshake(int fd, const struct sl_nsq_hs_config *cfg,
-			int64_t until, struct sl_nsq_tp **out,
-			struct sl_nsq_features *feat, struct sl_nsq_auth *auth,
-			char *err, size_t errsize);
+int sl_nsq_auth_parse(const uint8_t *data, size_t len, struct sl_nsq_auth *out);
 
 #endif /* SL_SOURCE_NSQ_TRANSPORT_H */

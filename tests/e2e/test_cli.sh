@@ -10,9 +10,8 @@
 set -u
 SLUICE=$(realpath "$1")
 FILTER=${2:-}
-TOP=$(mktemp -d)
-trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$TOP"' EXIT
 . "$(dirname "$0")/lib.sh"
+e2e_init
 
 # ---- cases ------------------------------------------------------------------
 
@@ -59,13 +58,7 @@ count_stops_after_n() {
 bodies_arrive_byte_exact() {
 	# Length framing: one text body, one with NUL and newlines, one of
 	# 3000 random bytes (length 0x0bb8).
-	head -c 3000 /dev/urandom >rand
-	{
-		printf '\000\000\000\005hello'
-		printf '\000\000\000\007a\000b\nc\n\000'
-		printf '\000\000\013\270'
-		cat rand
-	} >input
+	length_input
 	"$SLUICE" consume -q -j 3 --framing length \
 		--exec 'cat > "body.$SLUICE_MSG_ID"' input
 	[ "$(ls body.* | wc -l)" -eq 3 ] || fail "expected 3 bodies: $(ls)"
@@ -196,16 +189,8 @@ debug_addr_serves_metrics() {
 	pid=$!
 	exec 3>in
 	seq 5 >&3
-	wait_for grep -q 'debug endpoint on port' err
-	port=$(sed -n 's/.*debug endpoint on port \([0-9]*\).*/\1/p' err)
-	fetch() {
-		exec 4<>"/dev/tcp/127.0.0.1/$port"
-		printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&4
-		body=$(cat <&4)
-		exec 4>&-
-		printf '%s' "$body" | grep -q "sluice_messages_handled_total 5"
-	}
-	wait_for fetch
+	debug_port err
+	wait_for metrics_match "sluice_messages_handled_total 5"
 	printf '%s' "$body" | grep -q '^HTTP/1.[01] 200' || fail "status: $body"
 	printf '%s' "$body" | grep -q 'TYPE sluice_handlers_running gauge' || fail "gauge"
 	exec 3>&-

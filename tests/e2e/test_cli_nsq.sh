@@ -12,9 +12,8 @@ SLUICE=$(realpath "$1")
 FAKE_NSQD=$(realpath "$2")
 FAKE_LOOKUPD=$(realpath "$3")
 FILTER=${4:-}
-TOP=$(mktemp -d)
-trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$TOP"' EXIT
 . "$(dirname "$0")/lib.sh"
+e2e_init
 
 # ---- stand-ins --------------------------------------------------------------
 
@@ -145,16 +144,8 @@ nsq_debug_addr_exports_nsq_metrics() {
 	"$SLUICE" consume -j 2 --prefetch 1 --discard --debug-addr 127.0.0.1:0 \
 		--nsqd "127.0.0.1:$d_port" --topic t 2>err &
 	pid=$!
-	wait_for grep -q 'debug endpoint on port' err
-	port=$(sed -n 's/.*debug endpoint on port \([0-9]*\).*/\1/p' err)
-	fetch() {
-		exec 4<>"/dev/tcp/127.0.0.1/$port"
-		printf 'GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n' >&4
-		body=$(cat <&4)
-		exec 4>&-
-		printf '%s' "$body" | grep -q "^sluice_nsq_fin_total 5"
-	}
-	wait_for fetch
+	debug_port err
+	wait_for metrics_match "^sluice_nsq_fin_total 5"
 	printf '%s' "$body" | grep -q '^sluice_nsq_rdy 3' || fail "rdy: $body"
 	printf '%s' "$body" | grep -q '^sluice_nsq_credit 3' || fail "credit"
 	printf '%s' "$body" | grep -q "sluice_nsq_conn_rdy{addr=\"127.0.0.1:$d_port\"} 3" ||

@@ -13,10 +13,9 @@ set -u
 SLUICE=$(realpath "$1")
 FAKE=$(realpath "$2")
 FILTER=${3:-}
-TOP=$(mktemp -d)
-trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$TOP"' EXIT
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
+e2e_init
 
 # A raw consumer: SUB TOPIC c, RDY, wait for SUB's OK, read COUNT messages
 # (FIN each) and write them to stdout in length framing (4-byte big-endian
@@ -104,13 +103,7 @@ lines_round_trip_in_batches() {
 
 binary_bodies_byte_exact() {
 	start_nsqd
-	head -c 3000 /dev/urandom >rand
-	{
-		printf '\000\000\000\005hello'
-		printf '\000\000\000\007a\000b\nc\n\000'
-		printf '\000\000\013\270'
-		cat rand
-	} >input
+	length_input
 	"$SLUICE" publish -q --nsqd "127.0.0.1:$PORT" --topic bin \
 		--framing length input 2>err || fail "exit $?: $(cat err)"
 	[ ! -s err ] || fail "-q printed: $(cat err)"

@@ -187,6 +187,36 @@ EOF
 	grep -q '"status":"success"' q || fail "query: $(cat q)"
 }
 
+file_profiles_read_back() {
+	"$BUILD/file_profile" . >out 2>err || fail "file_profile: $(cat err)"
+	pprof -top "$BUILD/file_profile" cpu.pb.gz >top 2>&1 || fail "pprof: $(cat top)"
+	grep -q 'crunch' top || fail "crunch not in the CPU profile: $(cat top)"
+	pprof -top -sample_index=inuse_space heap.pb.gz >htop 2>&1 ||
+		fail "pprof heap: $(cat htop)"
+	# ASan and TSan own malloc, so the whole-process sampler is compiled
+	# out of sanitizer builds: only sluice's own allocations are seen.
+	if ! nm "$BUILD/file_profile" | grep -q '__[at]san_init'; then
+		grep -q 'keep_buffers' htop || fail "keep_buffers not in: $(cat htop)"
+	fi
+	python3 "$HERE/check_trace.py" trace.json || fail "trace checks"
+}
+
+cli_writes_profile_files() {
+	seq 20000 | "$BUILD/sluice" consume -q -j 2 --discard \
+		--cpuprofile cpu.pb.gz --memprofile heap.pb.gz --trace t.json ||
+		fail "consume exit $?"
+	gzip -dc cpu.pb.gz | protoc --decode_raw >/dev/null || fail "cpu profile"
+	gzip -dc heap.pb.gz | protoc --decode_raw >/dev/null || fail "heap profile"
+	python3 "$HERE/check_trace.py" t.json || fail "trace"
+	# The same from the environment, Perfetto by the file name.
+	seq 100 | SLUICE_TRACE=t.pftrace "$BUILD/sluice" consume -q --discard ||
+		fail "env: exit $?"
+	protoc --decode_raw <t.pftrace >/dev/null || fail "perfetto file"
+	seq 10 | "$BUILD/sluice" consume -q --discard --cpuprofile /nonexistent/x \
+		2>err && fail "unwritable profile accepted"
+	grep -q 'cpuprofile' err || fail "error does not name the flag: $(cat err)"
+}
+
 web_service_under_wrk() {
 	"$BUILD/web_service" --addr 127.0.0.1:0 --debug-addr 127.0.0.1:0 \
 		>/dev/null 2>ws.err &
@@ -212,7 +242,8 @@ for c in cpu_profile_names_the_busy_function cpu_profile_other_formats \
 	symbol_round_trips_an_address trace_json_is_well_formed \
 	trace_perfetto_decodes goroutine_lists_the_threads \
 	cmdline_names_the_program inflight_table_parses \
-	metrics_pass_promtool_and_prometheus web_service_under_wrk; do
+	metrics_pass_promtool_and_prometheus file_profiles_read_back \
+	cli_writes_profile_files web_service_under_wrk; do
 	run_case "$c"
 done
 

@@ -11,22 +11,15 @@
  * FUZZ_REPLAY defined as an ordinary program that replays the files given
  * on its command line (the checked-in corpus runs as a ctest).
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <sluice/framing.h>
 
+#define FUZZ_NAME "fuzz_framing"
+#include "replay.h"
+
 #define MAX_BODY 4096
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void
-die(const char *what)
-{
-	fprintf(stderr, "fuzz_framing: %s\n", what);
-	abort();
-}
 
 /* Parse all of @data; returns the number of frames, fills @ends. */
 static size_t
@@ -117,28 +110,3 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(copy);
 	return 0;
 }
-
-#ifdef FUZZ_REPLAY
-int
-main(int argc, char **argv)
-{
-	static uint8_t buf[1 << 20];
-	int i, n = 0;
-
-	for (i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		size_t len;
-
-		if (!f) {
-			perror(argv[i]);
-			return 1;
-		}
-		len = fread(buf, 1, sizeof(buf), f);
-		fclose(f);
-		LLVMFuzzerTestOneInput(buf, len);
-		n++;
-	}
-	printf("fuzz_framing: %d inputs replayed\n", n);
-	return 0;
-}
-#endif

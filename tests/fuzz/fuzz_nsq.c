@@ -11,22 +11,15 @@
  * Built with clang -fsanitize=fuzzer (make fuzz), and with FUZZ_REPLAY as a
  * program that replays the checked-in corpus as a ctest.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/nsq.h"
 
+#define FUZZ_NAME "fuzz_nsq"
+#include "replay.h"
+
 #define MAX_SIZE 4096
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-static void
-die(const char *what)
-{
-	fprintf(stderr, "fuzz_nsq: %s\n", what);
-	abort();
-}
 
 static void
 inside(const void *p, size_t n, const uint8_t *lo, const uint8_t *hi)
@@ -102,27 +95,3 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(copy);
 	return 0;
 }
-
-#ifdef FUZZ_REPLAY
-int
-main(int argc, char **argv)
-{
-	static uint8_t buf[1 << 20];
-	int i;
-
-	for (i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		size_t len;
-
-		if (!f) {
-			perror(argv[i]);
-			return 1;
-		}
-		len = fread(buf, 1, sizeof(buf), f);
-		fclose(f);
-		LLVMFuzzerTestOneInput(buf, len);
-	}
-	printf("fuzz_nsq: %d inputs replayed\n", argc - 1);
-	return 0;
-}
-#endif

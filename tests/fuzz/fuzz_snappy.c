@@ -14,24 +14,17 @@
  * Built with clang -fsanitize=fuzzer (make fuzz), and with FUZZ_REPLAY as a
  * program that replays the checked-in corpus as a ctest.
  */
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "proto/nsq_snappy.h"
 
+#define FUZZ_NAME "fuzz_snappy"
+#include "replay.h"
+
 #define OUT_MAX (1u << 20)
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
 static uint8_t blk[SL_SNAPPY_BLOCK_MAX];
-
-static void
-die(const char *what)
-{
-	fprintf(stderr, "fuzz_snappy: %s\n", what);
-	abort();
-}
 
 /*
  * Decode @buf[0..@size), the first @cut bytes first; the output goes to
@@ -121,27 +114,3 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	free(copy);
 	return 0;
 }
-
-#ifdef FUZZ_REPLAY
-int
-main(int argc, char **argv)
-{
-	static uint8_t buf[1 << 20];
-	int i;
-
-	for (i = 1; i < argc; i++) {
-		FILE *f = fopen(argv[i], "rb");
-		size_t len;
-
-		if (!f) {
-			perror(argv[i]);
-			return 1;
-		}
-		len = fread(buf, 1, sizeof(buf), f);
-		fclose(f);
-		LLVMFuzzerTestOneInput(buf, len);
-	}
-	printf("fuzz_snappy: %d inputs replayed\n", argc - 1);
-	return 0;
-}
-#endif

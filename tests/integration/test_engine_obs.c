@@ -15,6 +15,7 @@
 #include <sluice/sluice.h>
 #include <sluice/trace.h>
 
+#include "proc.h"
 #include "support.h"
 
 /* ---- a traced run ------------------------------------------------------- */
@@ -74,24 +75,6 @@ static const char journey_py[] =
 	"assert cnt[('B', 'fetch')] > 0\n";
 
 static void
-run_python(const char *script, const char *args)
-{
-	char dir[] = "/tmp/test_engine_obs.XXXXXX", py[128], cmd[512];
-	FILE *f;
-
-	CHECK(mkdtemp(dir) != NULL);
-	snprintf(py, sizeof(py), "%s/check.py", dir);
-	f = fopen(py, "w");
-	CHECK(f != NULL);
-	CHECK_EQ(fwrite(script, 1, strlen(script), f), strlen(script));
-	CHECK_OK(fclose(f));
-	snprintf(cmd, sizeof(cmd), "timeout 60 python3 %s %s", py, args);
-	CHECK_EQ(system(cmd), 0);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	CHECK_EQ(system(cmd), 0);
-}
-
-static void
 test_traced_run_has_every_journey(void)
 {
 	struct sluice_handler h = { flaky, NULL };
@@ -122,7 +105,7 @@ test_traced_run_has_every_journey(void)
 	CHECK_OK(sluice_trace_write_path(path, SLUICE_TRACE_JSON));
 	snprintf(args, sizeof(args), "%s %llu %ld", path,
 		 (unsigned long long)st.delivered, atomic_load(&calls));
-	run_python(journey_py, args);
+	CHECK_EQ(run_python(journey_py, args, false), 0);
 	CHECK_OK(unlink(path));
 	rig_free(&r);
 }
@@ -257,7 +240,7 @@ check_inflight_json(struct sluice_engine *e, const char *script)
 	CHECK_EQ(fwrite(text, 1, len, f), len);
 	CHECK_OK(fclose(f));
 	sluice_engine_free_text(text);
-	run_python(script, path);
+	CHECK_EQ(run_python(script, path, false), 0);
 	CHECK_OK(unlink(path));
 }
 

@@ -192,12 +192,11 @@ barrier(int fd)
 	pub(fd, "barrier", "x");
 }
 
-/* Magic + IDENTIFY @json (+ its reply checked loosely) + SUB t ch. */
+/* Dial srv and send the magic and IDENTIFY @json. */
 static int
-consumer(const char *json, const char *topic, const char *ch)
+hello(const char *json)
 {
 	uint8_t buf[512];
-	struct frame f;
 	ssize_t n;
 	int fd = dial();
 
@@ -205,6 +204,18 @@ consumer(const char *json, const char *topic, const char *ch)
 	n = sl_nsq_enc_identify(buf, sizeof(buf), json, strlen(json));
 	CHECK_GT(n, 0);
 	put(fd, buf, (size_t)n);
+	return fd;
+}
+
+/* Magic + IDENTIFY @json (+ its reply checked loosely) + SUB t ch. */
+static int
+consumer(const char *json, const char *topic, const char *ch)
+{
+	uint8_t buf[512];
+	struct frame f;
+	ssize_t n;
+	int fd = hello(json);
+
 	frame_nohb(fd, &f);
 	CHECK_EQ(f.type, 0);
 	n = sl_nsq_enc_sub(buf, sizeof(buf), topic, ch);
@@ -750,14 +761,8 @@ test_ctl_pub_and_dpub(void)
 static int
 identify(const char *json, struct frame *f)
 {
-	uint8_t buf[512];
-	ssize_t n;
-	int fd = dial();
+	int fd = hello(json);
 
-	put(fd, SL_NSQ_MAGIC, SL_NSQ_MAGIC_LEN);
-	n = sl_nsq_enc_identify(buf, sizeof(buf), json, strlen(json));
-	CHECK_GT(n, 0);
-	put(fd, buf, (size_t)n);
 	CHECK(frame(fd, f));
 	CHECK_EQ(f->type, 0);
 	return fd;

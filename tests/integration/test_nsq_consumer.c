@@ -33,117 +33,16 @@
 
 #include <sluice/nsq.h>
 
+#include "fake_nsqd_child.h"
 #include "support.h"
 #include "tls_certs.h"
+
 #define GUARD_MS 60000
 #define TOPIC    "t"
 #define CHANNEL  "c"
 #define MAXC     4
 
 /* ---- children ---------------------------------------------------------- */
-
-struct child {
-	pid_t pid;
-	int ctl, out, port;
-};
-
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void
-child_line(struct child *c, char *buf, size_t cap)
-{
-	struct pollfd p = { .fd = c->out, .events = POLLIN };
-	size_t n = 0;
-
-	while (n + 1 < cap) {
-		CHECK_GT(poll(&p, 1, GUARD_MS), 0);
-		CHECK_EQ(read(c->out, buf + n, 1), 1);
-		if (buf[n] == '\n')
-			break;
-		n++;
-	}
-	buf[n] = '\0';
-}
-
-/* Start the program named by $@env (else beside this binary) with @args. */
-static void
-child_start(struct child *c, const char *env, const char *name,
-	    const char *const *args)
-{
-	const char *e = getenv(env), *argv[16];
-	char path[PATH_MAX], line[128];
-	int in[2], out[2];
-	size_t i = 0;
-	ssize_t n;
-
-	if (e && *e) {
-		snprintf(path, sizeof(path), "%s", e);
-	} else {
-		n = readlink("/proc/self/exe", path, sizeof(path) - 32);
-		CHECK_GT(n, 0);
-		path[n] = '\0';
-		snprintf(strrchr(path, '/'), 32, "/%s", name);
-	}
-	if (access(path, X_OK) != 0)
-		CHECK_FAIL("set SLUICE_FAKE_NSQD / SLUICE_FAKE_LOOKUPD");
-	argv[i++] = path;
-	while (args && *args && i < 15)
-		argv[i++] = *args++;
-	argv[i] = NULL;
-	CHECK_OK(pipe(in));
-	CHECK_OK(pipe(out));
-	fflush(NULL);
-	c->pid = fork();
-	CHECK_GE(c->pid, 0);
-	if (c->pid == 0) {
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		execv(path, (char *const *)(uintptr_t)argv);
-		_exit(127);
-	}
-	close(in[0]);
-	close(out[1]);
-	c->ctl = in[1];
-	c->out = out[0];
-	signal(SIGPIPE, SIG_IGN);
-	child_line(c, line, sizeof(line));
-	CHECK(strncmp(line, "listening on ", 13) == 0);
-	c->port = (int)strtol(line + 13, NULL, 10);
-	CHECK_GT(c->port, 0);
-}
-
-static void
-child_stop(struct child *c)
-{
-	int st;
-
-	close(c->ctl);
-	kill(c->pid, SIGKILL);
-	CHECK_EQ(waitpid(c->pid, &st, 0), c->pid);
-	close(c->out);
-}
-
-static void
-child_ctl(struct child *c, const char *cmd)
-{
-	char line[64];
-
-	CHECK_EQ(write(c->ctl, cmd, strlen(cmd)), (ssize_t)strlen(cmd));
-	CHECK_EQ(write(c->ctl, "\n", 1), 1);
-	child_line(c, line, sizeof(line));
-	CHECK_STREQ(line, "ok");
-}
 
 /* fake_nsqd on @port (0 = any) with fast timers and the NULL-terminated
  * @extra arguments (may be NULL). */
@@ -226,7 +125,7 @@ px_line(struct pair *p)
 		px.rdy_cmds++;
 	} else if (strncmp(p->line, "TOUCH ", 6) == 0) {
 		px.touches++;
-		px.last_touch_ms = now_ms();
+		px.last_touch_ms = mono_ms();
 	} else if (strncmp(p->line, "FIN ", 4) == 0) {
 		px.fins++;
 	} else if (strncmp(p->line, "REQ ", 4) == 0) {
@@ -493,17 +392,7 @@ stats(struct sluice_nsq *n)
 	return st;
 }
 
-/* Poll @cond (60 s guard); the 2 ms pause only paces the polling. */
-#define WAIT_FOR(cond)                                          \
-	do {                                                    \
-		int64_t until_ = now_ms() + GUARD_MS;           \
-		struct timespec ts_ = { 0, 2 * 1000 * 1000 };   \
-		while (!(cond)) {                               \
-			if (now_ms() > until_)                  \
-				CHECK_FAIL("WAIT_FOR: " #cond); \
-			nanosleep(&ts_, NULL);                  \
-		}                                               \
-	} while (0)
+#define WAIT_FOR(cond) WAIT_UNTIL(cond, "WAIT_FOR: " #cond)
 
 static void
 cfg_base(struct sluice_nsq_config *cfg)
@@ -592,6 +481,7 @@ engine_on(struct sluice_nsq *n, unsigned workers, unsigned prefetch)
 	return e;
 }
 
+/* Drain and free @e; its accounting must balance. */
 static struct sluice_engine_stats
 engine_finish(struct sluice_engine *e)
 {
@@ -601,6 +491,7 @@ engine_finish(struct sluice_engine *e)
 	CHECK_OK(sluice_engine_wait(e, SLUICE_FOREVER));
 	sluice_engine_stats(e, &es);
 	sluice_engine_free(e);
+	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
 	return es;
 }
 
@@ -646,6 +537,16 @@ addr_of(char *buf, size_t cap, int port)
 	return buf;
 }
 
+/* Aim @cfg at the one nsqd on 127.0.0.1:@port; @a (32 bytes) and @addrs
+ * hold the address until the open copies it. */
+static void
+aim(struct sluice_nsq_config *cfg, const char **addrs, char *a, int port)
+{
+	addrs[0] = addr_of(a, 32, port);
+	cfg->nsqd = addrs;
+	cfg->n_nsqd = 1;
+}
+
 /* One fake_nsqd @d behind the proxy; @cfg (from cfg_base(), adjusted by
  * the caller) gets its address; the source is opened. */
 static struct sluice_nsq *
@@ -656,9 +557,7 @@ open_proxied(struct child *d, struct sluice_nsq_config *cfg)
 
 	nsqd_start(d, 0, NULL);
 	px_start(&d->port, 1);
-	addrs[0] = addr_of(a, sizeof(a), px.port[0]);
-	cfg->nsqd = addrs;
-	cfg->n_nsqd = 1;
+	aim(cfg, addrs, a, px.port[0]);
 	return open_nsq(cfg); /* the addresses are copied */
 }
 
@@ -710,7 +609,6 @@ test_rdy_spread_and_sum(void)
 	CHECK_EQ(st.rdy, 4u); /* trunc(5 / 2) each */
 	CHECK_EQ(st.connections, 2u);
 	es = engine_finish(e);
-	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
 	CHECK_EQ(es.handled, 200u);
 	WAIT_FOR(px_get(PX_FINS) == 200);
 	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
@@ -805,7 +703,6 @@ test_accounting_under_drops_and_restart(void)
 	CHECK_GE(st.disconnects, 3u);
 	CHECK_GE(st.reconnects, 3u);
 	es = engine_finish(e);
-	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
 	st = stats(n);
 	/* An ack whose connection died meanwhile is refused (ESTALE): nsqd
 	 * redelivers that message, and the engine counts it in ack_failed. */
@@ -835,12 +732,12 @@ test_auto_touch_until_deadline(void)
 	src.ops->set_credit(src.self, 1);
 	pub(&d, "hold");
 	CHECK_EQ(fetch_one(src, &m), 1);
-	t0 = now_ms();
+	t0 = mono_ms();
 	/* Redelivered only after touching stopped: 2.5 s + ~1 s lease. */
 	CHECK_EQ(fetch_one(src, &m2), 1);
 	CHECK_EQ(m2->attempts, 2u);
 	CHECK_MEMEQ(m2->id, m->id, 16);
-	CHECK_GE(now_ms() - t0, 2500);
+	CHECK_GE(mono_ms() - t0, 2500);
 	touches = px_get(PX_TOUCHES);
 	CHECK_GE(touches, 2u); /* at ~0.67 s and ~1.33 s (and ~2 s) */
 	CHECK_LE(touches, 3u);
@@ -899,7 +796,6 @@ test_backoff_probe_recovery_across_reconnect(void)
 {
 	struct child d;
 	struct sluice_nsq_config cfg;
-	struct sluice_engine_stats es;
 	struct sluice_engine *e;
 	struct sluice_nsq *n;
 
@@ -928,8 +824,7 @@ test_backoff_probe_recovery_across_reconnect(void)
 	pthread_mutex_unlock(&seen.mu);
 	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
 	CHECK_GE(stats(n).backoffs, 1u);
-	es = engine_finish(e);
-	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	(void)engine_finish(e);
 	sluice_nsq_free(n);
 	px_stop();
 	child_stop(&d);
@@ -941,7 +836,6 @@ test_lookupd_adds_and_removes_producers(void)
 {
 	struct child d[2], l;
 	struct sluice_nsq_config cfg;
-	struct sluice_engine_stats es;
 	struct sluice_engine *e;
 	struct sluice_nsq *n;
 	char url[64], cmd[64];
@@ -979,8 +873,7 @@ test_lookupd_adds_and_removes_producers(void)
 	WAIT_FOR(stats(n).connections == 1);
 	pub_range(&d[1], 20, 10);
 	WAIT_FOR(seen_total(30) == 30);
-	es = engine_finish(e);
-	CHECK_EQ(es.delivered, es.handled + es.requeued + es.dead_lettered);
+	(void)engine_finish(e);
 	CHECK_EQ(stats(n).disconnects, 0u); /* removed by CLS, not lost */
 	sluice_nsq_free(n);
 	child_stop(&l);
@@ -1001,9 +894,7 @@ test_oversized_frame_reconnects(void)
 
 	nsqd_start(&d, 0, NULL);
 	cfg_base(&cfg);
-	addrs[0] = addr_of(a, sizeof(a), d.port);
-	cfg.nsqd = addrs;
-	cfg.n_nsqd = 1;
+	aim(&cfg, addrs, a, d.port);
 	n = open_nsq(&cfg);
 	e = engine_on(n, 2, 0);
 	child_ctl(&d, "oversized");
@@ -1060,9 +951,7 @@ through(const char *const *args, struct sluice_nsq_config *cfg)
 
 	memset(&seen.count, 0, sizeof(seen.count));
 	nsqd_start(&d, 0, args);
-	addrs[0] = addr_of(a, sizeof(a), d.port);
-	cfg->nsqd = addrs;
-	cfg->n_nsqd = 1;
+	aim(cfg, addrs, a, d.port);
 	n = open_nsq(cfg);
 	e = engine_on(n, 2, 1);
 	pub_range(&d, 0, 20);
@@ -1118,9 +1007,7 @@ test_tls_compression_and_auth(void)
 	/* TLS asked of a server that has no certificate. */
 	nsqd_start(&d, 0, NULL);
 	cfg_base(&cfg);
-	addrs[0] = addr_of(a, sizeof(a), d.port);
-	cfg.nsqd = addrs;
-	cfg.n_nsqd = 1;
+	aim(&cfg, addrs, a, d.port);
 	cfg.tls = true;
 	cfg.tls_ca_file = ct.ca;
 	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &n), SLUICE_EPROTO);
@@ -1129,9 +1016,7 @@ test_tls_compression_and_auth(void)
 	/* A wrong AUTH secret. */
 	nsqd_start(&d, 0, auth);
 	cfg_base(&cfg);
-	addrs[0] = addr_of(a, sizeof(a), d.port);
-	cfg.nsqd = addrs;
-	cfg.n_nsqd = 1;
+	aim(&cfg, addrs, a, d.port);
 	cfg.auth_secret = "wrong";
 	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &n), SLUICE_EPROTO);
 	CHECK(strstr(err, "E_AUTH_FAILED") != NULL);

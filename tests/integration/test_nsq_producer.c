@@ -467,20 +467,9 @@ test_errors(void)
 	srv_stop();
 }
 
-/* Poll the producer's counters until @cond (60 s guard). */
-#define WAIT_PSTATS(p, st, cond)                                   \
-	do {                                                       \
-		int64_t until_ = now_ns() + GUARD_NS;              \
-		struct timespec ts_ = { 0, 2 * 1000 * 1000 };      \
-		for (;;) {                                         \
-			(st) = pstats(p);                          \
-			if (cond)                                  \
-				break;                             \
-			if (now_ns() > until_)                     \
-				CHECK_FAIL("WAIT_PSTATS: " #cond); \
-			nanosleep(&ts_, NULL);                     \
-		}                                                  \
-	} while (0)
+/* Poll the producer's counters until @cond holds. */
+#define WAIT_PSTATS(p, st, cond) \
+	WAIT_UNTIL(((st) = pstats(p), (cond)), "WAIT_PSTATS: " #cond)
 
 /* After nsqd drops the connection, the next publish reconnects. */
 static void
@@ -582,23 +571,6 @@ static void
 test_drop_in_flight_with_retries(void)
 {
 	drop_in_flight(3);
-}
-
-/* A loopback port nothing listens on, held by a bound socket. */
-static int
-closed_port(int *fd)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-
-	*fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	CHECK_GE(*fd, 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	CHECK_OK(bind(*fd, (struct sockaddr *)&a, sizeof(a)));
-	CHECK_OK(getsockname(*fd, (struct sockaddr *)&a, &len));
-	return ntohs(a.sin_port);
 }
 
 /* No server: new() fails with a reason; a server that went away fails

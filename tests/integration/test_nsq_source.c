@@ -89,20 +89,9 @@ stats(struct sluice_nsq *n)
 	return st;
 }
 
-/* Poll the source's counters until @cond holds (60 s guard). */
-#define WAIT_STATS(n, st, cond)                                   \
-	do {                                                      \
-		int64_t until_ = mono_ms() + GUARD_MS;            \
-		struct timespec ts_ = { 0, 2 * 1000 * 1000 };     \
-		for (;;) {                                        \
-			(st) = stats(n);                          \
-			if (cond)                                 \
-				break;                            \
-			if (mono_ms() > until_)                   \
-				CHECK_FAIL("WAIT_STATS: " #cond); \
-			nanosleep(&ts_, NULL);                    \
-		}                                                 \
-	} while (0)
+/* Poll the source's counters until @cond holds. */
+#define WAIT_STATS(n, st, cond) \
+	WAIT_UNTIL(((st) = stats(n), (cond)), "WAIT_STATS: " #cond)
 
 static int64_t
 in_ms(int64_t ms)
@@ -112,24 +101,6 @@ in_ms(int64_t ms)
 }
 
 /* ---- cases ------------------------------------------------------------- */
-
-/* A loopback port nothing listens on, reserved by *@fd (bound, no listen):
- * a connect there is refused. */
-static int
-closed_port(int *fd)
-{
-	struct sockaddr_in a;
-	socklen_t len = sizeof(a);
-
-	*fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	CHECK_GE(*fd, 0);
-	memset(&a, 0, sizeof(a));
-	a.sin_family = AF_INET;
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	CHECK_OK(bind(*fd, (struct sockaddr *)&a, sizeof(a)));
-	CHECK_OK(getsockname(*fd, (struct sockaddr *)&a, &len));
-	return ntohs(a.sin_port);
-}
 
 static void
 test_open_negotiates(void)

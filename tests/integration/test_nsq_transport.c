@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * test_nsq_transport.c - the NSQ connection upgrades (source/nsq_transport)
- * against fake_nsqd: handshake, SUB, messages received through the
- * non-blocking read/poll contract, FIN, and a PUB round trip, over plain,
- * TLS, deflate (levels), snappy, TLS+snappy and TLS+deflate; AUTH right and
- * wrong; TLS verification failures; and, on a socketpair standing in for
- * nsqd, the reference's [captured] compressed bytes and corrupt streams.
+ * against fake_nsqd, switched on by nsq_conn's handshake: SUB, messages
+ * received through the non-blocking read/poll contract, FIN, and a PUB round
+ * trip, over plain, TLS, deflate (levels), snappy, TLS+snappy and TLS+deflate;
+ * AUTH right and wrong; TLS verification failures; and, on a socketpair
+ * standing in for nsqd, the reference's [captured] compressed bytes and corrupt
+ * streams.
  *
  * TLS material is made at run time with the openssl CLI (tls_certs.h).
  * Waits are poll()s bounded by a guard; no sleeps.
  */
 #include <errno.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -23,7 +23,7 @@
 #include "core/clock_int.h"
 #include "fake_nsqd_child.h"
 #include "proto/nsq.h"
-#include "source/nsq_transport.h"
+#include "source/nsq_conn.h"
 #include "tls_certs.h"
 
 #define ZLIB_CONST
@@ -31,20 +31,6 @@
 
 #define GUARD_NS (20 * SLUICE_NS_PER_S)
 #define BIG_LEN  (300u * 1024u) /* several snappy chunks, many TLS records */
-
-static int
-dial(void)
-{
-	struct sockaddr_in sa = { 0 };
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	CHECK_GE(fd, 0);
-	sa.sin_family = AF_INET;
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	sa.sin_port = htons((uint16_t)srv.port);
-	CHECK_OK(connect(fd, (struct sockaddr *)&sa, sizeof(sa)));
-	return fd;
-}
 
 static int64_t
 until(void)
@@ -218,34 +204,62 @@ exercise(struct sl_nsq_tp *tp, const char *topic)
 	free(r.buf);
 }
 
-/* Start fake_nsqd with @args, handshake with @cfg, run exercise(). */
-static void
-round_trip(const struct sl_nsq_hs_config *cfg, struct sl_nsq_features *feat)
+/* nsq_conn's handshake with fake_nsqd (connect, IDENTIFY, upgrade, AUTH). */
+static int
+handshake(struct sl_nsq_conn *c, const struct sl_nsq_conn_config *cfg,
+	  char *err, size_t errsize)
 {
-	char err[256];
-	struct sl_nsq_tp *tp = NULL;
-	int fd, rc;
+	sl_nsq_conn_init(c, 0);
+	return sl_nsq_conn_handshake(c, "127.0.0.1", (uint16_t)srv.port, cfg,
+				     NULL, NULL, until(), err, errsize);
+}
 
-	fd = dial();
-	rc = sl_nsq_tp_handshake(fd, cfg, until(), &tp, feat, NULL, err,
-				 sizeof(err));
+/* A handshake that must fail: its code; the connection is closed. */
+static int
+handshake_fails(const struct sl_nsq_conn_config *cfg, char *err, size_t errsize)
+{
+	struct sl_nsq_conn c;
+	int rc = handshake(&c, cfg, err, errsize);
+
+	CHECK_NE(rc, 0);
+	CHECK(c.tp == NULL);
+	CHECK_EQ(c.fd, -1);
+	return rc;
+}
+
+/* Handshake with @cfg (the reply in *@id), run exercise() on the transport:
+ * the connection's, or a plain one over its socket when nothing was
+ * upgraded. */
+static void
+round_trip(const struct sl_nsq_conn_config *cfg, struct sl_nsq_ident *id)
+{
+	struct sl_nsq_conn c;
+	struct sl_nsq_tp *tp;
+	char err[256];
+	int rc = handshake(&c, cfg, err, sizeof(err));
+
 	if (rc)
 		fprintf(stderr, "  handshake: %s\n", err);
 	CHECK_OK(rc);
-	CHECK_EQ(sl_nsq_tp_is_tls(tp), feat->tls_v1);
-	CHECK_EQ(sl_nsq_tp_is_deflate(tp), feat->deflate);
-	CHECK_EQ(sl_nsq_tp_is_snappy(tp), feat->snappy);
+	*id = c.ident;
+	CHECK_EQ(c.rbuf.len, 0); /* nothing read past the last reply */
+	tp = c.tp;
+	if (!tp)
+		CHECK_OK(sl_nsq_tp_new(c.fd, 0, &tp));
+	CHECK_EQ(sl_nsq_tp_is_tls(tp), id->tls_v1);
+	CHECK_EQ(sl_nsq_tp_is_deflate(tp), id->deflate);
+	CHECK_EQ(sl_nsq_tp_is_snappy(tp), id->snappy);
 	exercise(tp, "tt");
-	sl_nsq_tp_free(tp);
-	close(fd);
+	if (tp != c.tp)
+		sl_nsq_tp_free(tp);
+	sl_nsq_conn_close(&c);
 }
 
-static struct sl_nsq_hs_config
+static struct sl_nsq_conn_config
 base_cfg(void)
 {
-	return (struct sl_nsq_hs_config){
+	return (struct sl_nsq_conn_config){
 		.client_id = "c1",
-		.hostname = "h1",
 		.user_agent = "sluice-test/1",
 		.heartbeat_ms = 30000,
 	};
@@ -256,8 +270,8 @@ base_cfg(void)
 static void
 test_plain(void)
 {
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 
 	srv_start(NULL);
 	round_trip(&cfg, &fe);
@@ -275,8 +289,8 @@ static void
 test_tls(void)
 {
 	struct certs ct;
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 
 	certs_make(&ct);
 	{
@@ -302,8 +316,8 @@ test_deflate_levels(void)
 {
 	static const char *const a[] = { "--deflate", "--max-deflate-level",
 					 "5", NULL };
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 
 	srv_start(a);
 	cfg.deflate = true;
@@ -325,11 +339,9 @@ static void
 test_snappy(void)
 {
 	static const char *const a[] = { "--snappy", "--deflate", NULL };
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
-	struct sl_nsq_tp *tp = NULL;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 	char err[256];
-	int fd;
 
 	srv_start(a);
 	cfg.snappy = true;
@@ -337,12 +349,7 @@ test_snappy(void)
 	CHECK(fe.snappy && !fe.deflate);
 	/* Both asked for: refused before anything is sent. */
 	cfg.deflate = true;
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EINVAL);
-	CHECK(tp == NULL);
-	close(fd);
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EINVAL);
 	srv_stop();
 }
 
@@ -350,8 +357,8 @@ static void
 tls_plus(const char *flag, bool deflate)
 {
 	struct certs ct;
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 
 	certs_make(&ct);
 	{
@@ -391,47 +398,35 @@ test_auth(void)
 {
 	static const char *const a[] = { "--auth-secret", "s3cret", "--snappy",
 					 NULL };
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
-	struct sl_nsq_auth au;
-	struct sl_nsq_tp *tp = NULL;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_conn c;
 	char err[256];
-	int fd;
 
 	srv_start(a);
 	/* Right secret, through snappy (AUTH after the upgrade). */
 	cfg.snappy = true;
 	cfg.auth_secret = "s3cret";
-	fd = dial();
-	CHECK_OK(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, &au, err,
-				     sizeof(err)));
-	CHECK(fe.auth_required && fe.snappy);
-	CHECK_STREQ(au.identity, "fake_nsqd");
-	CHECK_STREQ(au.identity_url, "");
-	CHECK_EQ(au.permission_count, 1);
-	exercise(tp, "at");
-	sl_nsq_tp_free(tp);
-	close(fd);
+	cfg.auth_secret_len = 6;
+	CHECK_OK(handshake(&c, &cfg, err, sizeof(err)));
+	CHECK(c.ident.auth_required && c.ident.snappy);
+	CHECK(c.tp != NULL);
+	CHECK_STREQ(c.auth.identity, "fake_nsqd");
+	CHECK_STREQ(c.auth.identity_url, "");
+	CHECK_EQ(c.auth.permission_count, 1);
+	exercise(c.tp, "at");
+	sl_nsq_conn_close(&c);
 
 	/* Wrong secret: the server's error text, and no transport. */
 	cfg.auth_secret = "guess";
-	tp = NULL;
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, &au, err,
-				     sizeof(err)),
-		 SLUICE_EPROTO);
-	CHECK(tp == NULL);
+	cfg.auth_secret_len = 5;
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EPROTO);
 	CHECK_STREQ(err, "AUTH refused: E_AUTH_FAILED AUTH failed");
-	close(fd);
 
 	/* No secret configured but required. */
 	cfg.auth_secret = NULL;
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EINVAL);
+	cfg.auth_secret_len = 0;
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EPROTO);
 	CHECK(strstr(err, "requires AUTH") != NULL);
-	close(fd);
 	srv_stop();
 }
 
@@ -439,11 +434,9 @@ static void
 test_tls_verify_failures(void)
 {
 	struct certs ct;
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
-	struct sl_nsq_tp *tp = NULL;
+	struct sl_nsq_conn_config cfg = base_cfg();
+	struct sl_nsq_ident fe;
 	char err[256];
-	int fd;
 
 	certs_make(&ct);
 	{
@@ -456,31 +449,18 @@ test_tls_verify_failures(void)
 	cfg.tls.server_name = "localhost";
 	/* A CA that did not sign the server's certificate. */
 	cfg.tls.ca_file = ct.other_ca;
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EPROTO);
-	CHECK(tp == NULL);
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EPROTO);
 	CHECK(strstr(err, "TLS certificate verification failed") != NULL);
-	close(fd);
 	/* The right CA, the wrong name. */
 	cfg.tls.ca_file = ct.ca;
 	cfg.tls.server_name = "nsqd.example.com";
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EPROTO);
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EPROTO);
 	CHECK(strstr(err, "TLS certificate verification failed") != NULL);
 	CHECK(strstr(err, "mismatch") != NULL);
-	close(fd);
 	/* A CA file that does not exist. */
 	cfg.tls.ca_file = "/nonexistent/ca.pem";
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EINVAL);
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EINVAL);
 	CHECK(strstr(err, "cannot load CA file") != NULL);
-	close(fd);
 	/* skip_verify accepts anything. */
 	cfg.tls.ca_file = ct.other_ca;
 	cfg.tls.skip_verify = true;
@@ -492,20 +472,13 @@ test_tls_verify_failures(void)
 static void
 test_tls_not_granted(void)
 {
-	struct sl_nsq_hs_config cfg = base_cfg();
-	struct sl_nsq_features fe;
-	struct sl_nsq_tp *tp = NULL;
+	struct sl_nsq_conn_config cfg = base_cfg();
 	char err[256];
-	int fd;
 
 	srv_start(NULL);
 	cfg.tls_v1 = true;
-	fd = dial();
-	CHECK_EQ(sl_nsq_tp_handshake(fd, &cfg, until(), &tp, &fe, NULL, err,
-				     sizeof(err)),
-		 SLUICE_EPROTO);
+	CHECK_EQ(handshake_fails(&cfg, err, sizeof(err)), SLUICE_EPROTO);
 	CHECK(strstr(err, "did not grant") != NULL);
-	close(fd);
 	srv_stop();
 }
 

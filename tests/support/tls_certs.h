@@ -28,9 +28,18 @@ struct certs {
 	char other_ca[PATH_MAX]; /* a CA that signed nothing here */
 };
 
+/* In @c's directory: openssl req -x509 with a fresh EC P-256 key, valid
+ * 1 day, and @args (the files, subject, issuer and extensions). */
 static inline void
-certs_run(const char *cmd)
+certs_req(const struct certs *c, const char *args)
 {
+	char cmd[4 * PATH_MAX];
+
+	snprintf(cmd, sizeof(cmd),
+		 "cd %s && openssl req -x509 -newkey ec "
+		 "-pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 %s "
+		 ">/dev/null 2>&1",
+		 c->dir, args);
 	if (system(cmd) != 0) {
 		fprintf(stderr, "  failed: %s\n", cmd);
 		CHECK_FAIL(
@@ -41,36 +50,21 @@ certs_run(const char *cmd)
 static inline void
 certs_make(struct certs *c)
 {
-	char cmd[4 * PATH_MAX];
-	const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-			 "-nodes";
-
 	snprintf(c->dir, sizeof(c->dir), "/tmp/sluice-certs-XXXXXX");
 	CHECK(mkdtemp(c->dir) != NULL);
 	snprintf(c->ca, sizeof(c->ca), "%s/ca.pem", c->dir);
 	snprintf(c->srv_cert, sizeof(c->srv_cert), "%s/srv.pem", c->dir);
 	snprintf(c->srv_key, sizeof(c->srv_key), "%s/srv.key", c->dir);
 	snprintf(c->other_ca, sizeof(c->other_ca), "%s/other.pem", c->dir);
-	snprintf(cmd, sizeof(cmd),
-		 "cd %s && openssl req -x509 %s -keyout ca.key -out ca.pem "
-		 "-days 1 -subj /CN=sluice-test-ca "
-		 "-addext basicConstraints=critical,CA:TRUE "
-		 "-addext keyUsage=critical,keyCertSign >/dev/null 2>&1",
-		 c->dir, ec);
-	certs_run(cmd);
-	snprintf(cmd, sizeof(cmd),
-		 "cd %s && openssl req -x509 %s -keyout other.key "
-		 "-out other.pem -days 1 -subj /CN=sluice-other-ca "
-		 ">/dev/null 2>&1",
-		 c->dir, ec);
-	certs_run(cmd);
-	snprintf(cmd, sizeof(cmd),
-		 "cd %s && openssl req -x509 %s -keyout srv.key -out srv.pem "
-		 "-days 1 -subj /CN=localhost -CA ca.pem -CAkey ca.key "
-		 "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
-		 "-addext basicConstraints=CA:FALSE >/dev/null 2>&1",
-		 c->dir, ec);
-	certs_run(cmd);
+	certs_req(c, "-keyout ca.key -out ca.pem -subj /CN=sluice-test-ca "
+		     "-addext basicConstraints=critical,CA:TRUE "
+		     "-addext keyUsage=critical,keyCertSign");
+	certs_req(c, "-keyout other.key -out other.pem "
+		     "-subj /CN=sluice-other-ca");
+	certs_req(c, "-keyout srv.key -out srv.pem -subj /CN=localhost "
+		     "-CA ca.pem -CAkey ca.key "
+		     "-addext subjectAltName=DNS:localhost,IP:127.0.0.1 "
+		     "-addext basicConstraints=CA:FALSE");
 }
 
 static inline void

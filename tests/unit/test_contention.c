@@ -23,6 +23,7 @@
 #include <sluice/queue.h>
 
 #include "check.h"
+#include "folded.h"
 #include "obs/contention.h"
 
 /* Keep the sites' names whole: no inlining, and no gcc clones such as
@@ -62,31 +63,6 @@ static int
 my_tid(void)
 {
 	return (int)syscall(SYS_gettid);
-}
-
-/* Sum of folded lines whose stack has the frame @name. */
-static int64_t
-folded_with(const char *text, const char *name)
-{
-	size_t nl = strlen(name);
-	const char *line = text, *end, *sp, *f;
-	int64_t sum = 0;
-
-	for (; *line; line = end + 1) {
-		end = strchr(line, '\n');
-		CHECK(end != NULL);
-		sp = strrchr(line, ' ');
-		CHECK(sp != NULL && sp < end);
-		for (f = line; f + nl <= sp; f++) {
-			if (memcmp(f, name, nl) == 0 &&
-			    (f == line || f[-1] == ';') &&
-			    (f[nl] == ';' || f[nl] == ' ')) {
-				sum += strtoll(sp + 1, NULL, 10);
-				break;
-			}
-		}
-	}
-	return sum;
 }
 
 static char *
@@ -146,14 +122,14 @@ test_mutex_charged_to_waiter(void)
 	CHECK_EQ(sluice_mutex_profile_set_fraction(-1), 1);
 	contend_once();
 	t = profile(SLUICE_PROFILE_MUTEX, "contentions");
-	CHECK_EQ(folded_with(t, "contend_here"), 1);
+	CHECK_EQ(folded_sum(t, "contend_here", FOLDED_ANY, NULL), 1);
 	sluice_profile_free(t);
 	t = profile(SLUICE_PROFILE_MUTEX, NULL); /* delay */
-	CHECK_GT(folded_with(t, "contend_here"), 0);
+	CHECK_GT(folded_sum(t, "contend_here", FOLDED_ANY, NULL), 0);
 	sluice_profile_free(t);
 	/* The holder's own (uncontended) lock is not in it. */
 	t = profile(SLUICE_PROFILE_MUTEX, "contentions");
-	CHECK_EQ(folded_with(t, "contend_once"), 0);
+	CHECK_EQ(folded_sum(t, "contend_once", FOLDED_ANY, NULL), 0);
 	sluice_profile_free(t);
 
 	CHECK_OK(sluice_profile_snapshot(SLUICE_PROFILE_MUTEX, &s));
@@ -224,10 +200,10 @@ test_block_on_queue_fetch(void)
 	sluice_block_profile_set_rate(1);
 	block_once();
 	t = profile(SLUICE_PROFILE_BLOCK, "contentions");
-	CHECK_GE(folded_with(t, "fetch_here"), 1);
+	CHECK_GE(folded_sum(t, "fetch_here", FOLDED_ANY, NULL), 1);
 	sluice_profile_free(t);
 	t = profile(SLUICE_PROFILE_BLOCK, "delay");
-	CHECK_GT(folded_with(t, "fetch_here"), 0);
+	CHECK_GT(folded_sum(t, "fetch_here", FOLDED_ANY, NULL), 0);
 	sluice_profile_free(t);
 }
 
@@ -244,7 +220,7 @@ test_block_sampling_scales(void)
 	for (i = 0; i < 3; i++)
 		block_once();
 	t = profile(SLUICE_PROFILE_BLOCK, "delay");
-	d = folded_with(t, "fetch_here");
+	d = folded_sum(t, "fetch_here", FOLDED_ANY, NULL);
 	/* Either nothing (likely) or whole multiples of the rate. */
 	CHECK(d == 0 || d % (INT64_MAX / 4) == 0);
 	sluice_profile_free(t);
@@ -280,7 +256,7 @@ test_mutex_counts_add_up(void)
 	for (i = 0; i < 5; i++)
 		contend_once();
 	t = profile(SLUICE_PROFILE_MUTEX, "contentions");
-	CHECK_EQ(folded_with(t, "contend_here"), 5);
+	CHECK_EQ(folded_sum(t, "contend_here", FOLDED_ANY, NULL), 5);
 	sluice_profile_free(t);
 }
 

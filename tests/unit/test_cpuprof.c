@@ -10,6 +10,7 @@
  * samples land in them and not in the vdso.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -22,12 +23,13 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <sluice/profile.h>
 
 #include "check.h"
+#include "folded.h"
 #include "obs/threads.h"
+#include "proc.h"
 
 #define MS ((int64_t)1000000)
 
@@ -44,26 +46,17 @@
 #define UNDER_TSAN 0
 #endif
 
-static int64_t
-thread_cpu_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
 /* Spin on arithmetic until this thread used @ns more CPU. */
-#define BURN_BODY(ns)                                                 \
-	do {                                                          \
-		int64_t end_ = thread_cpu_ns() + (ns);                \
-		volatile uint64_t sink_ = 1;                          \
-		uint64_t x_ = sink_;                                  \
-		do {                                                  \
-			for (int i_ = 0; i_ < 200000; i_++)           \
-				x_ = x_ * 6364136223846793005ULL + 1; \
-			sink_ = x_;                                   \
-		} while (thread_cpu_ns() < end_);                     \
+#define BURN_BODY(ns)                                                       \
+	do {                                                                \
+		int64_t end_ = sl_clock_ns(CLOCK_THREAD_CPUTIME_ID) + (ns); \
+		volatile uint64_t sink_ = 1;                                \
+		uint64_t x_ = sink_;                                        \
+		do {                                                        \
+			for (int i_ = 0; i_ < 200000; i_++)                 \
+				x_ = x_ * 6364136223846793005ULL + 1;       \
+			sink_ = x_;                                         \
+		} while (sl_clock_ns(CLOCK_THREAD_CPUTIME_ID) < end_);      \
 	} while (0)
 
 static __attribute__((noinline)) void
@@ -86,55 +79,6 @@ burn_unregistered(int64_t ns)
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* Sum of the folded lines whose leaf frame starts with @fn; *total gets
- * the sum of all lines. */
-static long
-folded_leaf_count(const char *text, const char *fn, long *total)
-{
-	const char *line = text, *nl, *sp, *leaf;
-	long hits = 0;
-
-	*total = 0;
-	for (; *line; line = nl + 1) {
-		long v;
-
-		nl = strchr(line, '\n');
-		CHECK(nl != NULL);
-		sp = nl;
-		while (sp > line && sp[-1] != ' ')
-			sp--;
-		CHECK(sp > line);
-		v = strtol(sp, NULL, 10);
-		*total += v;
-		leaf = sp - 1;
-		while (leaf > line && leaf[-1] != ';')
-			leaf--;
-		if (strncmp(leaf, fn, strlen(fn)) == 0)
-			hits += v;
-	}
-	return hits;
-}
-
-/* Count of a function anywhere in the stacks (as leaf or caller). */
-static long
-folded_any_count(const char *text, const char *fn)
-{
-	const char *line = text, *nl, *sp, *hit;
-	long hits = 0;
-
-	for (; *line; line = nl + 1) {
-		nl = strchr(line, '\n');
-		CHECK(nl != NULL);
-		sp = nl;
-		while (sp > line && sp[-1] != ' ')
-			sp--;
-		hit = strstr(line, fn);
-		if (hit && hit < sp)
-			hits += strtol(sp, NULL, 10);
-	}
-	return hits;
-}
-
 static char *
 stop_folded(size_t *len)
 {
@@ -144,38 +88,6 @@ stop_folded(size_t *len)
 	CHECK(data != NULL);
 	CHECK_EQ(strlen(data), *len);
 	return data;
-}
-
-/* gunzip @len bytes of @in; returns a malloc'd buffer of *@outlen. */
-static unsigned char *
-gunzip(const char *in, size_t len, size_t *outlen)
-{
-	size_t cap = 1 << 20;
-	unsigned char *out = malloc(cap);
-	z_stream z;
-	int rc;
-
-	CHECK(out != NULL);
-	memset(&z, 0, sizeof(z));
-	CHECK_EQ(inflateInit2(&z, 15 + 16), Z_OK);
-	z.next_in = (unsigned char *)(uintptr_t)in;
-	z.avail_in = (uInt)len;
-	for (;;) {
-		z.next_out = out + z.total_out;
-		z.avail_out = (uInt)(cap - z.total_out);
-		rc = inflate(&z, Z_NO_FLUSH);
-		if (rc == Z_STREAM_END)
-			break;
-		CHECK_EQ(rc, Z_OK);
-		if (z.avail_out == 0) {
-			cap *= 2;
-			out = realloc(out, cap);
-			CHECK(out != NULL);
-		}
-	}
-	*outlen = z.total_out;
-	inflateEnd(&z);
-	return out;
 }
 
 static bool
@@ -216,7 +128,7 @@ static void
 test_busy_function_dominates(void)
 {
 	struct burner b = { "handler", 1000 * MS, burn_cpu_known };
-	long hits, total;
+	int64_t hits, total;
 	size_t len;
 	char *data;
 
@@ -225,13 +137,15 @@ test_busy_function_dominates(void)
 	run_burner("burner", &b);
 	data = stop_folded(&len);
 	CHECK(!sluice_cpu_profile_running());
-	hits = folded_leaf_count(data, "burn_cpu_known", &total);
-	fprintf(stderr, "  burn_cpu_known: %ld of %ld samples\n", hits, total);
+	hits = folded_sum(data, "burn_cpu_known", FOLDED_LEAF, &total);
+	fprintf(stderr,
+		"  burn_cpu_known: %" PRId64 " of %" PRId64 " samples\n", hits,
+		total);
 	/* 1 s at 100 Hz is ~100 samples; allow for tick granularity. */
 	CHECK_GE(total, 50);
 	CHECK_GE(hits * 2, total);
 	/* The stack goes on past the leaf: the thread's entry is there. */
-	CHECK_GT(folded_any_count(data, "burner_main"), 0);
+	CHECK_GT(folded_sum(data, "burner_main", FOLDED_ANY, NULL), 0);
 	sluice_profile_free(data);
 }
 
@@ -352,7 +266,7 @@ test_late_threads_and_unregister(void)
 {
 	struct burner b = { NULL, 300 * MS, burn_late };
 	struct sl_thread_info info[4];
-	long late, total;
+	int64_t late, total;
 	pthread_t t;
 	size_t len;
 	char *data;
@@ -362,101 +276,45 @@ test_late_threads_and_unregister(void)
 	CHECK_OK(pthread_create(&t, NULL, unregistering_main, NULL));
 	CHECK_OK(pthread_join(t, NULL));
 	data = stop_folded(&len);
-	late = folded_leaf_count(data, "burn_late", &total);
-	fprintf(stderr, "  burn_late: %ld of %ld samples\n", late, total);
+	late = folded_sum(data, "burn_late", FOLDED_LEAF, &total);
+	fprintf(stderr, "  burn_late: %" PRId64 " of %" PRId64 " samples\n",
+		late, total);
 	CHECK_GE(late, 30); /* 400 ms at 250 Hz is ~100 */
-	CHECK_EQ(folded_any_count(data, "burn_unregistered"), 0);
+	CHECK_EQ(folded_sum(data, "burn_unregistered", FOLDED_ANY, NULL), 0);
 	sluice_profile_free(data);
 	/* Every thread is gone from the registry. */
 	CHECK_EQ(sl_threads_snapshot(info, 4), 0);
-}
-
-/* Run go tool pprof @args... on a file; its stdout into @out. */
-static int
-run_pprof(const char *dir, const char *out, const char *flag, const char *file)
-{
-	char home[512], cache[512], flagb[32], fileb[600];
-	char tmo[] = "60", go[] = "go", tool[] = "tool", pprof[] = "pprof";
-	char path_env[] = "PATH=/usr/bin:/bin";
-	char tc_env[] = "GOTOOLCHAIN=local", tmo_cmd[] = "timeout";
-	pid_t pid;
-	int st;
-
-	snprintf(home, sizeof(home), "HOME=%s", dir);
-	snprintf(cache, sizeof(cache), "GOCACHE=%s/gocache", dir);
-	snprintf(flagb, sizeof(flagb), "%s", flag);
-	snprintf(fileb, sizeof(fileb), "%s", file);
-	pid = fork();
-	CHECK(pid >= 0);
-	if (pid == 0) {
-		char *env[] = { home, cache, path_env, tc_env, NULL };
-		char *argv[] = { tmo_cmd, tmo,   go,    tool,
-				 pprof,   flagb, fileb, NULL };
-
-		if (!freopen(out, "w", stdout))
-			_exit(126);
-		execve("/usr/bin/timeout", argv, env);
-		_exit(127);
-	}
-	CHECK_EQ(waitpid(pid, &st, 0), pid);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static char *
-slurp(const char *path)
-{
-	FILE *f = fopen(path, "r");
-	char *buf;
-	long n;
-
-	CHECK(f != NULL);
-	CHECK_OK(fseek(f, 0, SEEK_END));
-	n = ftell(f);
-	CHECK_GE(n, 0);
-	rewind(f);
-	buf = calloc(1, (size_t)n + 1);
-	CHECK(buf != NULL);
-	CHECK_EQ(fread(buf, 1, (size_t)n, f), (size_t)n);
-	fclose(f);
-	return buf;
 }
 
 static void
 test_go_tool_pprof_reads_it(void)
 {
 	struct burner b = { "handler", 500 * MS, burn_cpu_known };
-	char dir[] = "/tmp/test_cpuprof.XXXXXX";
-	char prof[600], out[600], cmd[700];
-	char *text;
+	char dir[64], prof[128];
+	static char text[1 << 16];
 
 	/* CI installs golang-go (scripts/deps.sh): a missing tool fails. */
 	CHECK_EQ(access("/usr/bin/go", X_OK), 0);
-	CHECK(mkdtemp(dir) != NULL);
+	tmpdir_make(dir, sizeof(dir), "test_cpuprof");
 	snprintf(prof, sizeof(prof), "%s/cpu.pb.gz", dir);
-	snprintf(out, sizeof(out), "%s/out.txt", dir);
 	CHECK_OK(sluice_cpu_profile_start(100, NULL, 0));
 	run_burner("gotool", &b);
 	CHECK_OK(sluice_cpu_profile_stop_path(SLUICE_PROFILE_PPROF, prof));
 
-	CHECK_EQ(run_pprof(dir, out, "-top", prof), 0);
-	text = slurp(out);
+	CHECK_EQ(go_pprof(dir, "-top", prof, text, sizeof(text)), 0);
 	fprintf(stderr, "%s", text);
 	CHECK(strstr(text, "Type: cpu") != NULL);
 	CHECK(strstr(text, "burn_cpu_known") != NULL);
-	free(text);
 
-	CHECK_EQ(run_pprof(dir, out, "-tags", prof), 0);
-	text = slurp(out);
+	CHECK_EQ(go_pprof(dir, "-tags", prof, text, sizeof(text)), 0);
 	fprintf(stderr, "%s", text);
 	CHECK(strstr(text, "stage:") != NULL);
 	CHECK(strstr(text, "handler") != NULL);
 	CHECK(strstr(text, "gotool") != NULL);
-	free(text);
 
 	if (getenv("KEEP_PROFILE"))
 		return;
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	CHECK_OK(system(cmd));
+	tmpdir_remove(dir);
 }
 
 /* ---- goroutine / threadcreate ------------------------------------------- */

@@ -18,13 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include <sluice/common.h>
 
 #include "check.h"
 #include "obs/pb.h"
 #include "obs/profile.h"
+#include "proc.h"
 #include "util/alloc.h"
 
 /* ---- functions with known names ----------------------------------------- */
@@ -64,51 +64,7 @@ prof_root(void)
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static char tmpdir[64]; /* make_tmpdir() */
-
-static void
-make_tmpdir(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/sluice-prof-XXXXXX");
-	CHECK(mkdtemp(tmpdir) != NULL);
-}
-
-static void
-rm_tmpdir(void)
-{
-	char cmd[PATH_MAX + 32];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-	CHECK_EQ(system(cmd), 0);
-}
-
-static void
-write_file(const char *path, const void *p, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-
-	CHECK(f != NULL);
-	CHECK_EQ(fwrite(p, 1, n, f), n);
-	CHECK_EQ(fclose(f), 0);
-}
-
-/* Run @cmd through the shell; its stdout (and stderr when the command
- * redirects it) into @out; returns the exit status. */
-static int
-run(const char *cmd, char *out, size_t size)
-{
-	FILE *f = popen(cmd, "r");
-	size_t n = 0, got;
-	int st;
-
-	CHECK(f != NULL);
-	while ((got = fread(out + n, 1, size - 1 - n, f)) > 0)
-		n += got;
-	out[n] = '\0';
-	st = pclose(f);
-	CHECK(st != -1);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
+static char tmpdir[64]; /* tmpdir_make() */
 
 static void
 need_tool(const char *tool)
@@ -116,32 +72,10 @@ need_tool(const char *tool)
 	char cmd[256], out[256];
 
 	snprintf(cmd, sizeof(cmd), "command -v %s >/dev/null 2>&1", tool);
-	if (run(cmd, out, sizeof(out)) != 0) {
+	if (run_shell(cmd, out, sizeof(out)) != 0) {
 		fprintf(stderr, "  required tool missing: %s\n", tool);
 		CHECK_FAIL("tool missing");
 	}
-}
-
-static void
-gunzip(const struct sl_buf *in, struct sl_buf *out)
-{
-	z_stream z;
-	int rc;
-
-	memset(&z, 0, sizeof(z));
-	CHECK_EQ(inflateInit2(&z, 15 + 16), Z_OK);
-	z.next_in = in->data;
-	z.avail_in = (uInt)in->len;
-	do {
-		CHECK(sl_buf_reserve(out, 4096));
-		z.next_out = out->data + out->len;
-		z.avail_out = (uInt)(out->cap - out->len);
-		rc = inflate(&z, Z_NO_FLUSH);
-		out->len = out->cap - z.avail_out;
-	} while (rc == Z_OK);
-	CHECK_EQ(rc, Z_STREAM_END);
-	CHECK_EQ(z.avail_in, 0);
-	inflateEnd(&z);
 }
 
 /* ---- a minimal protobuf reader ------------------------------------------ */
@@ -389,15 +323,15 @@ rd_location(struct pbr r, struct dlocation *l)
 static void
 decode(const struct sl_buf *gz, struct dprof *d)
 {
-	struct sl_buf raw;
+	unsigned char *raw;
+	size_t rawlen;
 	struct pbr r;
 	struct pbf f;
 
 	memset(d, 0, sizeof(*d));
-	sl_buf_init(&raw);
-	gunzip(gz, &raw);
-	r.p = raw.data;
-	r.end = raw.data + raw.len;
+	raw = gunzip(gz->data, gz->len, &rawlen);
+	r.p = raw;
+	r.end = raw + rawlen;
 	while (pb_next(&r, &f)) {
 		switch (f.field) {
 		case 1:
@@ -451,7 +385,7 @@ decode(const struct sl_buf *gz, struct dprof *d)
 			CHECK_FAIL("unexpected profile field");
 		}
 	}
-	sl_buf_free(&raw);
+	free(raw);
 	CHECK(d->nstrs > 0);
 	CHECK_STREQ(d->strs[0], "");
 }
@@ -587,7 +521,7 @@ test_sym_main_mapping_build_id(void)
 
 	need_tool("readelf");
 	snprintf(cmd, sizeof(cmd), "readelf -n '%s'", exe);
-	CHECK_EQ(run(cmd, out, sizeof(out)), 0);
+	CHECK_EQ(run_shell(cmd, out, sizeof(out)), 0);
 	id = strstr(out, "Build ID: ");
 	CHECK(id != NULL);
 	id += strlen("Build ID: ");
@@ -658,7 +592,7 @@ build_lib(const char *name, const char *code, const char *flags,
 	snprintf(cmd, sizeof(cmd),
 		 "cd '%s' && cc -shared -fPIC -O0 %s -o '%s' '%s' 2>&1 %s",
 		 tmpdir, flags, so, src, post);
-	CHECK_EQ(run(cmd, out, sizeof(out)), 0);
+	CHECK_EQ(run_shell(cmd, out, sizeof(out)), 0);
 	h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
 	CHECK(h != NULL);
 	return h;
@@ -678,7 +612,7 @@ test_sym_dlopen_stripped_versioned(void)
 	void *h, *vh, *sym;
 
 	CHECK_OK(sl_sym_name(IN(prof_leaf, 1), name, sizeof(name)));
-	make_tmpdir();
+	tmpdir_make(tmpdir, sizeof(tmpdir), "sluice-prof");
 	need_tool("strip");
 	h = build_lib("libstripped", lib_src, "",
 		      "&& strip --strip-all libstripped.so 2>&1", so,
@@ -708,7 +642,7 @@ test_sym_dlopen_stripped_versioned(void)
 	CHECK_OK(sl_sym_name(foo + 1, name, sizeof(name)));
 	CHECK_STREQ(name, "foo");
 	CHECK_OK(dlclose(vh));
-	rm_tmpdir();
+	tmpdir_remove(tmpdir);
 }
 
 struct sym_thread {
@@ -947,33 +881,19 @@ test_pprof_protoc_decode_raw(void)
 	need_tool("gzip");
 	out = malloc(outsize);
 	CHECK(out != NULL);
-	make_tmpdir();
+	tmpdir_make(tmpdir, sizeof(tmpdir), "sluice-prof");
 	write_pprof_file(p, path, sizeof(path));
 	snprintf(cmd, sizeof(cmd),
 		 "gzip -dc '%s' > '%s.raw' && protoc --decode_raw < '%s.raw' "
 		 "2>&1",
 		 path, path, path);
-	CHECK_EQ(run(cmd, out, outsize), 0);
+	CHECK_EQ(run_shell(cmd, out, outsize), 0);
 	CHECK(strstr(out, "6: \"prof_leaf\"") != NULL);
 	CHECK(strstr(out, "6: \"nanoseconds\"") != NULL);
 	CHECK(strstr(out, "12: 10000000") != NULL);
-	rm_tmpdir();
+	tmpdir_remove(tmpdir);
 	sl_prof_free(p);
 	free(out);
-}
-
-/* `go tool pprof @flag @path`, everything go writes kept in tmpdir. */
-static int
-go_pprof(const char *flag, const char *path, char *out, size_t size)
-{
-	char cmd[2 * PATH_MAX];
-
-	snprintf(cmd, sizeof(cmd),
-		 "cd '%s' && HOME='%s' GOCACHE='%s/gocache' GOPATH='%s/gopath' "
-		 "GOFLAGS= GOTOOLCHAIN=local GOTELEMETRY=off "
-		 "PPROF_TMPDIR='%s' timeout 60 go tool pprof %s '%s' 2>&1",
-		 tmpdir, tmpdir, tmpdir, tmpdir, tmpdir, flag, path);
-	return run(cmd, out, size);
 }
 
 static void
@@ -987,9 +907,9 @@ test_pprof_go_tool_pprof(void)
 	need_tool("timeout");
 	out = malloc(outsize);
 	CHECK(out != NULL);
-	make_tmpdir();
+	tmpdir_make(tmpdir, sizeof(tmpdir), "sluice-prof");
 	write_pprof_file(p, path, sizeof(path));
-	CHECK_EQ(go_pprof("-top", path, out, outsize), 0);
+	CHECK_EQ(go_pprof(tmpdir, "-top", path, out, outsize), 0);
 	/* -top: the leaf functions' flat time and the profile type. */
 	if (!strstr(out, "prof_leaf") || !strstr(out, "prof_mid") ||
 	    !strstr(out, "Type: cpu"))
@@ -998,11 +918,11 @@ test_pprof_go_tool_pprof(void)
 	CHECK(strstr(out, "prof_mid") != NULL);
 	CHECK(strstr(out, "Type: cpu") != NULL);
 
-	CHECK_EQ(go_pprof("-raw", path, out, outsize), 0);
+	CHECK_EQ(go_pprof(tmpdir, "-raw", path, out, outsize), 0);
 	CHECK(strstr(out, "prof_root") != NULL);
 	CHECK(strstr(out, "prof_other") != NULL);
 	CHECK(strstr(out, "stage:[parse]") != NULL);
-	rm_tmpdir();
+	tmpdir_remove(tmpdir);
 	sl_prof_free(p);
 	free(out);
 }
@@ -1073,7 +993,7 @@ parse_svg(const struct sl_buf *svg, char *out, size_t size)
 		 "for g in t.iter(n+\"g\"):\n"
 		 "  print(g.find(n+\"title\").text)' '%s' 2>&1",
 		 path);
-	CHECK_EQ(run(cmd, out, size), 0);
+	CHECK_EQ(run_shell(cmd, out, size), 0);
 }
 
 static void
@@ -1083,7 +1003,7 @@ test_svg_well_formed(void)
 	struct sl_buf svg;
 	char out[8192];
 
-	make_tmpdir();
+	tmpdir_make(tmpdir, sizeof(tmpdir), "sluice-prof");
 	sl_buf_init(&svg);
 	CHECK_OK(sl_prof_write_svg(p, 0, "CPU <&> \"test\"", &svg));
 	CHECK(!sl_buf_failed(&svg));
@@ -1105,7 +1025,7 @@ test_svg_well_formed(void)
 	CHECK(strstr(out, "prof_leaf (50000000 nanoseconds, 50.00%)\n") !=
 	      NULL);
 	sl_buf_free(&svg);
-	rm_tmpdir();
+	tmpdir_remove(tmpdir);
 	sl_prof_free(p);
 }
 
@@ -1131,13 +1051,13 @@ test_empty_profile(void)
 	CHECK_EQ(out.len, 0);
 	sl_buf_free(&out);
 
-	make_tmpdir();
+	tmpdir_make(tmpdir, sizeof(tmpdir), "sluice-prof");
 	sl_buf_init(&out);
 	CHECK_OK(sl_prof_write_svg(p, 0, "empty", &out));
 	parse_svg(&out, buf, sizeof(buf));
 	CHECK_STREQ(buf, "");
 	sl_buf_free(&out);
-	rm_tmpdir();
+	tmpdir_remove(tmpdir);
 	sl_prof_free(p);
 	free(d);
 }

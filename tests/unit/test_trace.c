@@ -25,6 +25,7 @@
 
 #include "check.h"
 #include "obs/trace_int.h"
+#include "proc.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -91,44 +92,22 @@ static const char checker_py[] =
 	"    else:\n"
 	"        assert got[k] == int(v), (k, got[k], v)\n";
 
-static char tmpdir[64];
-
-static void
-make_tmpdir(void)
-{
-	snprintf(tmpdir, sizeof(tmpdir), "/tmp/test_trace.XXXXXX");
-	CHECK(mkdtemp(tmpdir) != NULL);
-}
-
-static void
-remove_tmpdir(void)
-{
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmpdir);
-	CHECK_EQ(system(cmd), 0);
-}
-
 /* Write the stopped trace as JSON and run the checker with @expect
  * ("key=value ..."); returns the checker's exit status.  @quiet hides the
  * checker's complaints (for runs that are meant to fail). */
 static int
 check_json_q(const char *expect, bool quiet)
 {
-	char path[128], py[128], cmd[512];
-	FILE *f;
+	char dir[64], path[128], args[512];
+	int rc;
 
-	snprintf(py, sizeof(py), "%s/check.py", tmpdir);
-	f = fopen(py, "w");
-	CHECK(f != NULL);
-	CHECK_EQ(fwrite(checker_py, 1, strlen(checker_py), f),
-		 strlen(checker_py));
-	CHECK_OK(fclose(f));
-	snprintf(path, sizeof(path), "%s/trace.json", tmpdir);
+	tmpdir_make(dir, sizeof(dir), "test_trace");
+	snprintf(path, sizeof(path), "%s/trace.json", dir);
 	CHECK_OK(sluice_trace_write_path(path, SLUICE_TRACE_JSON));
-	snprintf(cmd, sizeof(cmd), "timeout 60 python3 %s %s %s%s", py, path,
-		 expect, quiet ? " 2>/dev/null" : "");
-	return system(cmd);
+	snprintf(args, sizeof(args), "%s %s", path, expect);
+	rc = run_python(checker_py, args, quiet);
+	tmpdir_remove(dir);
+	return rc;
 }
 
 static int
@@ -265,7 +244,6 @@ test_json_from_many_threads(void)
 	struct sluice_trace_stats st;
 	char expect[256];
 
-	make_tmpdir();
 	CHECK_OK(sluice_trace_start(NULL));
 	CHECK(sluice_trace_enabled());
 	run_workload();
@@ -283,7 +261,6 @@ test_json_from_many_threads(void)
 		 NPROD * JOBS, NPROD * JOBS, NPROD * JOBS, NPROD * JOBS,
 		 NPROD + NCONS, NPROD * JOBS * 3);
 	CHECK_EQ(check_json(expect), 0);
-	remove_tmpdir();
 }
 
 static void
@@ -291,33 +268,31 @@ test_checker_rejects_bad_nesting(void)
 {
 	/* The checker must be able to fail: feed it a trace it must
 	 * reject (wrong counts), so a passing run above means something. */
-	make_tmpdir();
 	CHECK_OK(sluice_trace_start(NULL));
 	run_workload();
 	CHECK_OK(sluice_trace_stop());
 	CHECK_NE(check_json_q("flows=1", true), 0);
 	CHECK_NE(check_json_q("name:nobody=nobody", true), 0);
-	remove_tmpdir();
 }
 
 static void
 test_perfetto_decodes(void)
 {
-	char path[128], cmd[512], line[512];
+	char dir[64], path[128], cmd[512], line[512];
 	bool prod = false, cons = false, flow = false;
 	FILE *f;
 
-	make_tmpdir();
+	tmpdir_make(dir, sizeof(dir), "test_trace");
 	CHECK_OK(sluice_trace_start(NULL));
 	run_workload();
 	CHECK_OK(sluice_trace_stop());
-	snprintf(path, sizeof(path), "%s/trace.pftrace", tmpdir);
+	snprintf(path, sizeof(path), "%s/trace.pftrace", dir);
 	CHECK_OK(sluice_trace_write_path(path, SLUICE_TRACE_PERFETTO));
 	snprintf(cmd, sizeof(cmd),
 		 "timeout 60 protoc --decode_raw < %s > %s/decoded.txt", path,
-		 tmpdir);
+		 dir);
 	CHECK_EQ(system(cmd), 0);
-	snprintf(cmd, sizeof(cmd), "%s/decoded.txt", tmpdir);
+	snprintf(cmd, sizeof(cmd), "%s/decoded.txt", dir);
 	f = fopen(cmd, "r");
 	CHECK(f != NULL);
 	while (fgets(line, sizeof(line), f)) {
@@ -330,7 +305,7 @@ test_perfetto_decodes(void)
 	CHECK(prod);
 	CHECK(cons);
 	CHECK(flow);
-	remove_tmpdir();
+	tmpdir_remove(dir);
 }
 
 static void
@@ -353,11 +328,9 @@ test_disabled_probes_record_nothing(void)
 	sluice_trace_stats(&st);
 	CHECK_EQ(st.events, 10);
 	CHECK_EQ(st.dropped, 0);
-	make_tmpdir();
 	CHECK_EQ(check_json("instants=10 has:during=during not:before=before "
 			    "not:after=after"),
 		 0);
-	remove_tmpdir();
 }
 
 enum { FILL = 5000 };
@@ -391,11 +364,9 @@ test_buffer_full_drops(void)
 	CHECK_LE(st.events * 40, o.buffer_bytes);
 	CHECK_EQ(st.overwritten, 0);
 	/* The oldest events are kept, the newest dropped. */
-	make_tmpdir();
 	snprintf(expect, sizeof(expect), "instants=%llu arg:0=0 noarg:%d=%d",
 		 (unsigned long long)st.events, FILL - 1, FILL - 1);
 	CHECK_EQ(check_json(expect), 0);
-	remove_tmpdir();
 }
 
 static void
@@ -417,11 +388,9 @@ test_ring_mode_keeps_newest(void)
 	CHECK_GT(st.overwritten, 0);
 	CHECK_GT(st.events, 0);
 	CHECK_EQ(st.events + st.overwritten, FILL);
-	make_tmpdir();
 	snprintf(expect, sizeof(expect), "instants=%llu arg:%d=%d noarg:0=0",
 		 (unsigned long long)st.events, FILL - 1, FILL - 1);
 	CHECK_EQ(check_json(expect), 0);
-	remove_tmpdir();
 }
 
 static void
@@ -464,9 +433,7 @@ test_start_stop_start(void)
 	CHECK_OK(sluice_trace_stop());
 	sluice_trace_stats(&st);
 	CHECK_EQ(st.events, (uint64_t)NPROD * JOBS * 12);
-	make_tmpdir();
 	CHECK_EQ(check_json("threads=4"), 0);
-	remove_tmpdir();
 }
 
 static void
@@ -486,11 +453,9 @@ test_writer_repairs_cut_slices(void)
 	sl_tr_async_begin("job", 44, NULL, 0);
 	CHECK_OK(sluice_trace_stop());
 	sluice_trace_end("open");
-	make_tmpdir();
 	CHECK_EQ(check_json("B=2 flows=0 async=0 has:open=open "
 			    "not:outer=outer"),
 		 0);
-	remove_tmpdir();
 }
 
 /* Recording from several threads while another starts and stops: no
@@ -515,7 +480,6 @@ test_start_stop_while_recording(void)
 	pthread_t t[3];
 	int i, round;
 
-	make_tmpdir();
 	for (i = 0; i < 3; i++)
 		CHECK_OK(pthread_create(&t[i], NULL, churn_main, NULL));
 	for (round = 0; round < 20; round++) {
@@ -533,7 +497,6 @@ test_start_stop_while_recording(void)
 	atomic_store(&churn_stop, true);
 	for (i = 0; i < 3; i++)
 		CHECK_OK(pthread_join(t[i], NULL));
-	remove_tmpdir();
 }
 
 static void

@@ -7,6 +7,7 @@
 #define SLUICE_CLI_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -61,6 +62,55 @@ int cli_parse_hostport(const char *s, uint16_t dflt_port, char *host,
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 
+/*
+ * A subcommand's flags for cli_parse_flags().  Options stop at the first
+ * operand.  -h/--help prints the @usage pieces (NULL-terminated) to stdout;
+ * every other option goes to @apply(@opts, c), which returns 0 or an exit
+ * status after a message (cli_usage_error).  With @env, every long flag
+ * may also come from SLUICE_<NAME> (upper case, '-' as '_'; for a flag
+ * without a value, anything but "0" and "false" sets it): those are put in
+ * front of the real arguments, so a flag on the command line wins.
+ */
+struct option;
+struct cli_flags {
+	const char *cmd;       /* "consume": for messages */
+	const char *shortopts; /* getopt's, after the leading '+' */
+	const struct option *longopts;
+	const char *const *usage;
+	bool env;
+	int (*apply)(void *opts, int c);
+};
+
+/* The vector cli_parse_flags() parsed; option values and operands point
+ * into it (or into argv) until cli_args_free(). */
+struct cli_args {
+	char **v; /* NULL: argv itself was parsed */
+	int nenv; /* v[1..nenv] were allocated from the environment */
+};
+
+/*
+ * Parse @argc/@argv as @f says into @opts.  Returns 0 with the operands in
+ * *@files / *@nfiles, -1 after --help, or an exit status after a message.
+ * Call cli_args_free(@a) once done with the values, whatever it returned.
+ */
+int cli_parse_flags(const struct cli_flags *f, void *opts, int argc,
+		    char **argv, struct cli_args *a, char ***files,
+		    int *nfiles);
+void cli_args_free(struct cli_args *a);
+
+/* The monotonic clock, in ns. */
+int64_t cli_now_ns(void);
+
+struct sluice_stream;
+struct sluice_stream_config;
+
+/*
+ * Open the input stream of @sc reading @files (none: stdin).  Returns 0 and
+ * *@out, or an exit status (EXIT_USAGE, EXIT_NOINPUT) after a message.
+ */
+int cli_open_input(const char *cmd, struct sluice_stream_config *sc,
+		   char **files, int nfiles, struct sluice_stream **out);
+
 struct sluice_dlq;
 
 /*
@@ -78,10 +128,8 @@ int cli_dead_letter_open(const char *spec, const char *nsqd,
 struct cli_obs {
 	const char *cpuprofile, *memprofile, *trace; /* NULL: not asked */
 };
-/* Take SLUICE_CPUPROFILE, SLUICE_MEMPROFILE, SLUICE_TRACE for the ones
- * no flag set. */
-void cli_obs_env(struct cli_obs *o);
-/* Start what @o asks for; EXIT_OK, or an exit code after a message. */
+/* Check the files can be created, then start what @o asks for; EXIT_OK,
+ * or an exit code after a message. */
 int cli_obs_start(const struct cli_obs *o, const char *cmd);
 /* Stop and write the files; EXIT_OK or EXIT_CANTCREAT after a message. */
 int cli_obs_finish(const struct cli_obs *o, const char *cmd);

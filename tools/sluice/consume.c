@@ -17,7 +17,6 @@
 #include <getopt.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -52,6 +51,7 @@ struct opts {
 	uint64_t max_attempts;
 	int64_t backoff_min_ns, backoff_max_ns;
 	const char *dead_letter, *output, *exec, *exit_codes, *debug_addr;
+	struct cli_obs obs; /* --cpuprofile, --memprofile, --trace */
 	enum sink sink;
 	int nsinks;
 	enum sluice_framing framing;
@@ -158,8 +158,13 @@ static const char usage_rest[] =
 	"  --kill-grace DUR      SIGTERM to SIGKILL at the deadline (2s)\n"
 	"Output:\n"
 	"  -q, --quiet           no progress line, no summary\n"
-	"  --debug-addr H:P      serve /metrics (Prometheus) and /debug/pprof/\n"
-	"                        on H:P (port 0 picks one; printed on start)\n"
+	"  --debug-addr H:P      serve /metrics (Prometheus), /debug/pprof/\n"
+	"                        (go tool pprof) and /debug/inflight on H:P\n"
+	"                        (port 0 picks one; printed on start)\n"
+	"  --cpuprofile FILE     write a CPU profile of the run (pprof)\n"
+	"  --memprofile FILE     write a heap profile at exit (pprof)\n"
+	"  --trace FILE          write an execution trace of the run: Chrome\n"
+	"                        JSON for ui.perfetto.dev (.pftrace: Perfetto)\n"
 	"  -h, --help            this text\n"
 	"\n"
 	"Durations take ms, s, m or h (e.g. 250ms); sizes K, M or G.  Every\n"
@@ -200,6 +205,9 @@ enum {
 	O_PREFETCH,
 	O_CAPACITY,
 	O_DEBUG_ADDR,
+	O_CPUPROFILE,
+	O_MEMPROFILE,
+	O_TRACE,
 	O_NSQD,
 	O_LOOKUPD,
 	O_TOPIC,
@@ -240,6 +248,9 @@ static const struct option longopts[] = {
 	{ "prefetch", required_argument, NULL, O_PREFETCH },
 	{ "capacity", required_argument, NULL, O_CAPACITY },
 	{ "debug-addr", required_argument, NULL, O_DEBUG_ADDR },
+	{ "cpuprofile", required_argument, NULL, O_CPUPROFILE },
+	{ "memprofile", required_argument, NULL, O_MEMPROFILE },
+	{ "trace", required_argument, NULL, O_TRACE },
 	{ "nsqd", required_argument, NULL, O_NSQD },
 	{ "lookupd", required_argument, NULL, O_LOOKUPD },
 	{ "topic", required_argument, NULL, O_TOPIC },
@@ -256,22 +267,6 @@ static const struct option longopts[] = {
 	{ "auth-secret", required_argument, NULL, O_AUTH_SECRET },
 	{ NULL, 0, NULL, 0 },
 };
-
-static int usage_error(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
-
-static int
-usage_error(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "sluice consume: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "\nTry 'sluice consume --help'.\n");
-	return EXIT_USAGE;
-}
 
 static void
 defaults(struct opts *o)
@@ -298,18 +293,21 @@ static int
 set_sink(struct opts *o, enum sink s)
 {
 	if (o->nsinks && o->sink != s)
-		return -1;
+		return cli_usage_error("consume", "%s",
+				       "choose one of --exec, --stdout, "
+				       "--output, --discard");
 	o->sink = s;
 	o->nsinks = 1;
 	return 0;
 }
 
-#define BAD(what) return usage_error(what, optarg)
+#define BAD(what) return cli_usage_error("consume", what, optarg)
 
 /* Apply one option; returns 0 or an exit status. */
 static int
-apply(struct opts *o, int c)
+apply(void *opts, int c)
 {
+	struct opts *o = opts;
 	uint64_t v;
 	char *colon;
 
@@ -390,35 +388,28 @@ apply(struct opts *o, int c)
 		return 0;
 	case O_EXEC:
 		o->exec = optarg;
-		return set_sink(o, SINK_EXEC)
-			       ? usage_error(
-					 "%s",
-					 "choose one of --exec, --stdout, --output, --discard")
-			       : 0;
+		return set_sink(o, SINK_EXEC);
 	case O_STDOUT:
-		return set_sink(o, SINK_STDOUT)
-			       ? usage_error(
-					 "%s",
-					 "choose one of --exec, --stdout, --output, --discard")
-			       : 0;
+		return set_sink(o, SINK_STDOUT);
 	case O_OUTPUT:
 		o->output = optarg;
-		return set_sink(o, SINK_OUTPUT)
-			       ? usage_error(
-					 "%s",
-					 "choose one of --exec, --stdout, --output, --discard")
-			       : 0;
+		return set_sink(o, SINK_OUTPUT);
 	case O_DISCARD:
-		return set_sink(o, SINK_DISCARD)
-			       ? usage_error(
-					 "%s",
-					 "choose one of --exec, --stdout, --output, --discard")
-			       : 0;
+		return set_sink(o, SINK_DISCARD);
 	case O_EXIT_CODES:
 		o->exit_codes = optarg;
 		return 0;
 	case O_DEBUG_ADDR:
 		o->debug_addr = optarg;
+		return 0;
+	case O_CPUPROFILE:
+		o->obs.cpuprofile = optarg;
+		return 0;
+	case O_MEMPROFILE:
+		o->obs.memprofile = optarg;
+		return 0;
+	case O_TRACE:
+		o->obs.trace = optarg;
 		return 0;
 	case O_NSQD:
 		if (o->n_nsqd == MAX_ADDRS)
@@ -476,56 +467,7 @@ apply(struct opts *o, int c)
 	}
 }
 
-/*
- * Flags may come from SLUICE_* variables: they are put in front of the
- * real arguments, so a flag on the command line, parsed later, wins.
- */
-static char **
-with_env(int argc, char **argv, int *nargc, int *nenv)
-{
-	const struct option *lo;
-	char **v, name[64], *val;
-	size_t i, k = 0, n = 1;
-
-	v = calloc((size_t)argc + 2 * (sizeof(longopts) / sizeof(longopts[0])) +
-			   1,
-		   sizeof(*v));
-	if (!v)
-		return NULL;
-	v[k++] = argv[0];
-	for (lo = longopts; lo->name; lo++) {
-		snprintf(name, sizeof(name), "SLUICE_");
-		for (i = 0; lo->name[i] && i + 8 < sizeof(name); i++)
-			name[7 + i] = lo->name[i] == '-'
-					      ? '_'
-					      : (char)(lo->name[i] & ~0x20);
-		name[7 + i] = 0;
-		val = getenv(name);
-		if (!val || !*val || lo->val == 'h')
-			continue;
-		if (lo->has_arg == no_argument) {
-			if (strcmp(val, "0") == 0 || strcmp(val, "false") == 0)
-				continue;
-			if (asprintf(&v[k++], "--%s", lo->name) < 0)
-				return NULL;
-		} else if (asprintf(&v[k++], "--%s=%s", lo->name, val) < 0) {
-			return NULL;
-		}
-	}
-	*nenv = (int)k - 1; /* v[1..nenv] were allocated here */
-	for (; n < (size_t)argc; n++)
-		v[k++] = argv[n];
-	*nargc = (int)k;
-	return v;
-}
-
 /* ---- handlers ----------------------------------------------------------- */
-
-static int64_t
-now_ns(void)
-{
-	return sluice_clock_now_ns(sluice_clock_monotonic());
-}
 
 /* Write @n bodies framed as input to out_fd in one writev per chunk. */
 static struct sluice_error *
@@ -671,7 +613,7 @@ handle_batch(void *ud, struct sluice_ctx *ctx,
 	     struct sluice_error **errs)
 {
 	struct run *r = ud;
-	int64_t t0 = now_ns();
+	int64_t t0 = cli_now_ns();
 	struct sluice_error *err = NULL;
 
 	(void)errs;
@@ -687,7 +629,7 @@ handle_batch(void *ud, struct sluice_ctx *ctx,
 		err = run_exec(r, ctx, msgs, n);
 		break;
 	}
-	cli_hist_add(&r->hist, now_ns() - t0);
+	cli_hist_add(&r->hist, cli_now_ns() - t0);
 	return err;
 }
 
@@ -701,10 +643,10 @@ handle_one(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
 	count_taken(r, 1);
 	if (r->o.sink == SINK_DISCARD) /* no clock on the benchmark path */
 		return NULL;
-	t0 = now_ns();
+	t0 = cli_now_ns();
 	err = r->o.sink == SINK_EXEC ? run_exec(r, ctx, &m, 1)
 				     : write_framed(r, &m, 1);
-	cli_hist_add(&r->hist, now_ns() - t0);
+	cli_hist_add(&r->hist, cli_now_ns() - t0);
 	return err;
 }
 
@@ -810,7 +752,7 @@ static void
 progress_line(struct run *r, char *buf, size_t size)
 {
 	struct sluice_engine_stats st;
-	double secs = (double)(now_ns() - r->t0) / 1e9;
+	double secs = (double)(cli_now_ns() - r->t0) / 1e9;
 
 	sluice_engine_stats(r->e, &st);
 	snprintf(buf, size,
@@ -882,7 +824,7 @@ summary(struct run *r, uint64_t unfinished, const char *input_err)
 {
 	struct sluice_engine_stats st;
 	char p50[32], p99[32];
-	double secs = (double)(now_ns() - r->t0) / 1e9;
+	double secs = (double)(cli_now_ns() - r->t0) / 1e9;
 	uint64_t dead, read = messages_read(r);
 
 	sluice_engine_stats(r->e, &st);
@@ -964,65 +906,49 @@ setup_sinks(struct run *r)
 	return 0;
 }
 
+static const char *const usage[] = { usage_text, usage_rest, NULL };
+static const struct cli_flags flags = { "consume", "j:n:qh", longopts,
+					usage,     true,     apply };
+
 /* The argument vector parse() built; options point into it until the end. */
-static char **args;
-static int args_nenv;
-
-static void
-free_args(void)
-{
-	int i;
-
-	for (i = 1; args && i <= args_nenv; i++)
-		free(args[i]);
-	free(args);
-	args = NULL;
-}
+static struct cli_args args;
 
 static int
 parse(int argc, char **argv, struct opts *o, char ***files, int *nfiles)
 {
-	int c, rc, nargc = 0;
+	int rc;
 
-	args = with_env(argc, argv, &nargc, &args_nenv);
-	if (!args) {
-		fprintf(stderr, "sluice consume: out of memory\n");
-		return EXIT_SOFTWARE;
-	}
-	optind = 1;
-	while ((c = getopt_long(nargc, args, "+j:n:qh", longopts, NULL)) !=
-	       -1) {
-		if (c == 'h') {
-			fputs(usage_text, stdout);
-			fputs(usage_rest, stdout);
-			return -1;
-		}
-		rc = apply(o, c);
-		if (rc)
-			return rc;
-	}
-	*files = args + optind;
-	*nfiles = nargc - optind;
+	rc = cli_parse_flags(&flags, o, argc, argv, &args, files, nfiles);
+	if (rc)
+		return rc;
 	if (o->sink == SINK_EXEC && (!o->exec || !*o->exec))
-		return usage_error("%s", "--exec needs a command");
+		return cli_usage_error("consume", "%s",
+				       "--exec needs a command");
 	if (o->exit_codes && o->sink != SINK_EXEC)
-		return usage_error("%s", "--exit-codes only applies to --exec");
+		return cli_usage_error("consume", "%s",
+				       "--exit-codes only applies to --exec");
 	if (o->batch_bytes && !o->batch)
-		return usage_error("%s", "--batch-bytes needs --batch N");
+		return cli_usage_error("consume", "%s",
+				       "--batch-bytes needs --batch N");
 	if ((o->n_nsqd || o->n_lookupd) && !o->topic)
-		return usage_error("%s", "--nsqd/--lookupd need --topic");
+		return cli_usage_error("consume", "%s",
+				       "--nsqd/--lookupd need --topic");
 	if (o->topic && !o->n_nsqd && !o->n_lookupd)
-		return usage_error("%s", "--topic needs --nsqd or --lookupd");
+		return cli_usage_error("consume", "%s",
+				       "--topic needs --nsqd or --lookupd");
 	if (o->topic && *nfiles)
-		return usage_error("%s", "NSQ input takes no FILE arguments");
+		return cli_usage_error("consume", "%s",
+				       "NSQ input takes no FILE arguments");
 	if (o->snappy && o->deflate)
-		return usage_error("%s", "choose one of --snappy, --deflate");
+		return cli_usage_error("consume", "%s",
+				       "choose one of --snappy, --deflate");
 	if ((o->tls_ca || o->tls_cert || o->tls_key || o->tls_insecure) &&
 	    !o->tls)
-		return usage_error("%s", "--tls-* flags need --tls");
+		return cli_usage_error("consume", "%s",
+				       "--tls-* flags need --tls");
 	if (!o->tls_cert != !o->tls_key)
-		return usage_error("%s",
-				   "--tls-cert and --tls-key go together");
+		return cli_usage_error("consume", "%s",
+				       "--tls-cert and --tls-key go together");
 	if (o->prefetch == PREFETCH_UNSET)
 		o->prefetch = o->sink == SINK_EXEC ? SLUICE_PREFETCH_AUTO
 						   : PREFETCH_BULK;
@@ -1053,10 +979,11 @@ start_debug(struct run *r)
 			*err ? err : sluice_strerror(rc));
 		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_CANTCREAT;
 	}
+	sluice_debug_http_set_engine(r->http, r->e);
 	if (!r->o.quiet)
 		fprintf(stderr,
 			"sluice: debug endpoint on port %u: /metrics, "
-			"/debug/pprof/\n",
+			"/debug/pprof/, /debug/inflight\n",
 			(unsigned)sluice_debug_http_port(r->http));
 	return 0;
 }
@@ -1158,7 +1085,7 @@ cli_consume(int argc, char **argv)
 {
 	int rc = consume_main(argc, argv);
 
-	free_args();
+	cli_args_free(&args);
 	return rc;
 }
 
@@ -1206,23 +1133,21 @@ consume_main(int argc, char **argv)
 			return rc;
 	} else {
 		sluice_stream_config_init(&sc);
-		sc.paths = (const char *const *)files;
-		sc.npaths = (size_t)nfiles;
 		sc.framing = r.o.framing;
 		sc.max_body = r.o.max_body;
 		sc.capacity = r.o.capacity;
 		sc.limit = r.o.count;
-		rc = sluice_stream_open(&sc, err, sizeof(err), &r.stream);
-		if (rc) {
-			fprintf(stderr, "sluice consume: %s\n",
-				*err ? err : sluice_strerror(rc));
-			return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
-		}
+		rc = cli_open_input("consume", &sc, files, nfiles, &r.stream);
+		if (rc)
+			return rc;
 	}
 	rc = run_engine(&r);
 	if (rc)
 		return rc;
-	r.t0 = now_ns();
+	rc = cli_obs_start(&r.o.obs, "sluice consume");
+	if (rc)
+		return rc;
+	r.t0 = cli_now_ns();
 	if (sluice_engine_start(r.e) != 0) {
 		fprintf(stderr, "sluice consume: cannot start workers\n");
 		return EXIT_SOFTWARE;
@@ -1261,6 +1186,12 @@ consume_main(int argc, char **argv)
 		     : (st.dead_lettered || unfinished || lost || st.dlq_failed)
 			     ? EXIT_DEAD
 			     : EXIT_OK;
+	}
+	{
+		int orc = cli_obs_finish(&r.o.obs, "sluice consume");
+
+		if (orc && rc == EXIT_OK)
+			rc = orc;
 	}
 	/* The registry reads the engine: stop serving it first. */
 	sluice_debug_http_stop(r.http);

@@ -10,9 +10,11 @@
  *                       .perfetto-trace
  *
  * and the same from SLUICE_CPUPROFILE, SLUICE_MEMPROFILE, SLUICE_TRACE
- * (a flag wins).  cli_obs_start() runs before the engine starts,
- * cli_obs_finish() after it stopped, so the files cover the whole run.
+ * (cli_parse_flags() maps them; a flag wins).  cli_obs_start() runs
+ * before the engine starts, cli_obs_finish() after it stopped, so the
+ * files cover the whole run.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,21 +25,20 @@
 
 #include "cli.h"
 
-void
-cli_obs_env(struct cli_obs *o)
+/* Create (or empty) @path now, so a bad path fails before the run, not
+ * after it. */
+static int
+can_create(const char *cmd, const char *flag, const char *path)
 {
-	if (!o->cpuprofile)
-		o->cpuprofile = getenv("SLUICE_CPUPROFILE");
-	if (!o->memprofile)
-		o->memprofile = getenv("SLUICE_MEMPROFILE");
-	if (!o->trace)
-		o->trace = getenv("SLUICE_TRACE");
-	if (o->cpuprofile && !o->cpuprofile[0])
-		o->cpuprofile = NULL;
-	if (o->memprofile && !o->memprofile[0])
-		o->memprofile = NULL;
-	if (o->trace && !o->trace[0])
-		o->trace = NULL;
+	FILE *f = fopen(path, "w");
+
+	if (!f) {
+		fprintf(stderr, "%s: --%s %s: %s\n", cmd, flag, path,
+			sluice_strerror(-errno));
+		return EXIT_CANTCREAT;
+	}
+	fclose(f);
+	return EXIT_OK;
 }
 
 static int
@@ -54,6 +55,12 @@ cli_obs_start(const struct cli_obs *o, const char *cmd)
 	char err[160];
 	int rc;
 
+	if ((o->cpuprofile &&
+	     (rc = can_create(cmd, "cpuprofile", o->cpuprofile)) != 0) ||
+	    (o->memprofile &&
+	     (rc = can_create(cmd, "memprofile", o->memprofile)) != 0) ||
+	    (o->trace && (rc = can_create(cmd, "trace", o->trace)) != 0))
+		return rc;
 	if (o->cpuprofile) {
 		rc = sluice_cpu_profile_start(0, err, sizeof(err));
 		if (rc != 0) {

@@ -107,8 +107,10 @@ struct results {
 #define BAD(what) return cli_usage_error("publish", what, optarg)
 
 static int
-apply(struct popts *o, int c)
+apply(void *opts, int c)
 {
+	struct popts *o = opts;
+
 	switch (c) {
 	case O_NSQD:
 		o->nsqd = optarg;
@@ -155,23 +157,21 @@ apply(struct popts *o, int c)
 	}
 }
 
+static const char *const usage[] = { usage_text, NULL };
+static const struct cli_flags flags = { "publish", "qh",  longopts,
+					usage,     false, apply };
+
 static int
 parse(int argc, char **argv, struct popts *o, char ***files, int *nfiles)
 {
-	int c, rc;
+	struct cli_args args;
+	int rc;
 
-	optind = 1;
-	while ((c = getopt_long(argc, argv, "+qh", longopts, NULL)) != -1) {
-		if (c == 'h') {
-			fputs(usage_text, stdout);
-			return -1;
-		}
-		rc = apply(o, c);
-		if (rc)
-			return rc;
-	}
-	*files = argv + optind;
-	*nfiles = argc - optind;
+	/* Without the environment, the values point into argv. */
+	rc = cli_parse_flags(&flags, o, argc, argv, &args, files, nfiles);
+	cli_args_free(&args);
+	if (rc)
+		return rc;
 	if (!o->nsqd)
 		return cli_usage_error("publish", "%s",
 				       "--nsqd HOST:PORT is required");
@@ -200,12 +200,6 @@ on_result(void *arg, int rc)
 	if (!r->first_rc)
 		r->first_rc = rc;
 	pthread_mutex_unlock(&r->err_mu);
-}
-
-static int64_t
-now_ns(void)
-{
-	return sluice_clock_now_ns(sluice_clock_monotonic());
 }
 
 /* Publish everything the stream yields; 0, or the failing call's code. */
@@ -250,7 +244,7 @@ summary(struct sluice_nsq_producer *p, const struct popts *o, uint64_t skipped,
 	int64_t t0)
 {
 	struct sluice_nsq_producer_stats st;
-	double secs = (double)(now_ns() - t0) / 1e9;
+	double secs = (double)(cli_now_ns() - t0) / 1e9;
 
 	sluice_nsq_producer_stats(p, &st);
 	fprintf(stderr,
@@ -305,18 +299,14 @@ cli_publish(int argc, char **argv)
 		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_UNAVAILABLE;
 	}
 	sluice_stream_config_init(&sc);
-	sc.paths = (const char *const *)files;
-	sc.npaths = (size_t)nfiles;
 	sc.framing = o.framing;
 	sc.max_body = (size_t)o.max_body;
-	rc = sluice_stream_open(&sc, err, sizeof(err), &s);
+	rc = cli_open_input("publish", &sc, files, nfiles, &s);
 	if (rc) {
-		fprintf(stderr, "sluice publish: %s\n",
-			*err ? err : sluice_strerror(rc));
 		sluice_nsq_producer_free(p);
-		return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
+		return rc;
 	}
-	t0 = now_ns();
+	t0 = cli_now_ns();
 	prc = pump(s, p, &o, &r, &skipped);
 	sluice_stream_stop(s);
 	(void)sluice_nsq_producer_flush(p, SLUICE_FOREVER);

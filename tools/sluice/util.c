@@ -1,9 +1,12 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * util.c - the command line's value parsers and latency histogram.
+ * util.c - what the subcommands share: flag parsing (with SLUICE_*
+ * variables as defaults), value parsers, the latency histogram, opening
+ * the input and the dead-letter sink.
  */
 #include <ctype.h>
 #include <errno.h>
+#include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +14,8 @@
 
 #include <sluice/dlq.h>
 #include <sluice/nsq_producer.h>
+#include <sluice/sluice.h>
+#include <sluice/stream.h>
 
 #include "cli.h"
 
@@ -172,6 +177,127 @@ cli_usage_error(const char *cmd, const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, "\nTry 'sluice %s --help'.\n", cmd);
 	return EXIT_USAGE;
+}
+
+/*
+ * The flags the environment gives (SLUICE_*), then the real arguments, so a
+ * flag on the command line, parsed later, wins.  NULL on ENOMEM.
+ */
+static char **
+with_env(const struct option *longopts, int argc, char **argv, int *nargc,
+	 int *nenv)
+{
+	const struct option *lo;
+	char **v, name[64], *val;
+	size_t i, k = 0, n, nlong = 0;
+
+	for (lo = longopts; lo->name; lo++)
+		nlong++;
+	v = calloc((size_t)argc + 2 * nlong + 1, sizeof(*v));
+	if (!v)
+		return NULL;
+	v[k++] = argv[0];
+	*nenv = 0;
+	for (lo = longopts; lo->name; lo++) {
+		snprintf(name, sizeof(name), "SLUICE_");
+		for (i = 0; lo->name[i] && i + 8 < sizeof(name); i++)
+			name[7 + i] = lo->name[i] == '-'
+					      ? '_'
+					      : (char)(lo->name[i] & ~0x20);
+		name[7 + i] = 0;
+		val = getenv(name);
+		if (!val || !*val || lo->val == 'h')
+			continue;
+		if (lo->has_arg == no_argument) {
+			if (strcmp(val, "0") == 0 || strcmp(val, "false") == 0)
+				continue;
+			if (asprintf(&v[k], "--%s", lo->name) < 0)
+				goto nomem;
+		} else if (asprintf(&v[k], "--%s=%s", lo->name, val) < 0) {
+			goto nomem;
+		}
+		*nenv = (int)k++;
+	}
+	for (n = 1; n < (size_t)argc; n++)
+		v[k++] = argv[n];
+	*nargc = (int)k;
+	return v;
+nomem:
+	for (i = 1; i < k; i++)
+		free(v[i]);
+	free(v);
+	return NULL;
+}
+
+int
+cli_parse_flags(const struct cli_flags *f, void *opts, int argc, char **argv,
+		struct cli_args *a, char ***files, int *nfiles)
+{
+	char shortopts[32];
+	const char *const *u;
+	int c, rc;
+
+	a->v = NULL;
+	a->nenv = 0;
+	if (f->env) {
+		a->v = with_env(f->longopts, argc, argv, &argc, &a->nenv);
+		if (!a->v) {
+			fprintf(stderr, "sluice %s: out of memory\n", f->cmd);
+			return EXIT_SOFTWARE;
+		}
+		argv = a->v;
+	}
+	snprintf(shortopts, sizeof(shortopts), "+%s", f->shortopts);
+	optind = 1;
+	while ((c = getopt_long(argc, argv, shortopts, f->longopts, NULL)) !=
+	       -1) {
+		if (c == 'h') {
+			for (u = f->usage; *u; u++)
+				fputs(*u, stdout);
+			return -1;
+		}
+		rc = f->apply(opts, c);
+		if (rc)
+			return rc;
+	}
+	*files = argv + optind;
+	*nfiles = argc - optind;
+	return 0;
+}
+
+void
+cli_args_free(struct cli_args *a)
+{
+	int i;
+
+	for (i = 1; a->v && i <= a->nenv; i++)
+		free(a->v[i]);
+	free(a->v);
+	a->v = NULL;
+	a->nenv = 0;
+}
+
+int64_t
+cli_now_ns(void)
+{
+	return sluice_clock_now_ns(sluice_clock_monotonic());
+}
+
+int
+cli_open_input(const char *cmd, struct sluice_stream_config *sc, char **files,
+	       int nfiles, struct sluice_stream **out)
+{
+	char err[256] = "";
+	int rc;
+
+	sc->paths = (const char *const *)files;
+	sc->npaths = (size_t)nfiles;
+	rc = sluice_stream_open(sc, err, sizeof(err), out);
+	if (rc == 0)
+		return EXIT_OK;
+	fprintf(stderr, "sluice %s: %s\n", cmd,
+		*err ? err : sluice_strerror(rc));
+	return rc == SLUICE_EINVAL ? EXIT_USAGE : EXIT_NOINPUT;
 }
 
 int
