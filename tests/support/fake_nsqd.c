@@ -589,7 +589,9 @@ publish(struct topic *t, const void *body, size_t len, int64_t defer_ms)
 	for (ch = t->channels; ch; ch = ch->next) {
 		m = msg_new(id, tns, body, len);
 		if (defer_ms > 0) {
-			m->due_ms = now_ms() + defer_ms;
+			/* + 1: now_ms() truncates, so a message deferred at
+			 * x.9 ms must not come out 0.9 ms early. */
+			m->due_ms = now_ms() + defer_ms + 1;
 			m->next = ch->deferred;
 			ch->deferred = m;
 		} else {
@@ -1042,7 +1044,7 @@ cmd_ack(struct conn *c, int argc, char **argv)
 	} else {
 		if (delay > opt.max_req_timeout)
 			delay = opt.max_req_timeout;
-		m->due_ms = now + delay;
+		m->due_ms = now + delay + 1; /* no earlier than asked */
 		m->next = c->chan->deferred;
 		c->chan->deferred = m;
 	}
