@@ -3,13 +3,10 @@
  * test_nsq_consumer.c - the many-connection NSQ consumer against several
  * fake_nsqd children and a fake_lookupd, under a real engine.
  *
- * Between the consumer and each fake_nsqd runs a recording proxy (a thread
- * of this test): it forwards bytes both ways and parses what the client
- * sends, so the cases assert on the RDY / TOUCH / FIN / REQ commands the
- * stand-in actually receives: the sum of RDY over live connections is
- * counted once all client sockets are drained (a pass that reads nothing),
- * so a RDY moved from one connection to another (the consumer writes the
- * decrease first) is never counted twice.
+ * Between the consumer and each fake_nsqd runs the recording proxy of
+ * tests/support/nsq_proxy.h (a thread of this test), so the cases assert on
+ * the RDY / TOUCH / FIN / REQ commands the stand-in actually receives; the
+ * sum of RDY over live connections never counts a moved RDY twice.
  *
  * Real time is unavoidable against child processes: the fakes run with
  * --min-interval 100 and short timers; every wait is on an event (a
@@ -34,395 +31,11 @@
 #include <sluice/nsq.h>
 
 #include "fake_nsqd_child.h"
+#include "nsq_proxy.h"
 #include "support.h"
 #include "tls_certs.h"
 
 #define GUARD_MS 60000
-#define TOPIC    "t"
-#define CHANNEL  "c"
-#define MAXC     4
-
-/* ---- children ---------------------------------------------------------- */
-
-/* fake_nsqd on @port (0 = any) with fast timers and the NULL-terminated
- * @extra arguments (may be NULL). */
-static void
-nsqd_start(struct child *c, int port, const char *const *extra)
-{
-	char p[16];
-	const char *args[16] = { p, "--min-interval", "100" };
-	size_t i = 3;
-
-	while (extra && *extra && i < 15)
-		args[i++] = *extra++;
-	args[i] = NULL;
-	snprintf(p, sizeof(p), "%d", port);
-	child_start(c, "SLUICE_FAKE_NSQD", "fake_nsqd", args);
-}
-
-static void
-pub(struct child *c, const char *body)
-{
-	char cmd[128];
-
-	snprintf(cmd, sizeof(cmd), "pub " TOPIC " %s", body);
-	child_ctl(c, cmd);
-}
-
-/* ---- the recording proxy ----------------------------------------------- */
-
-struct pair {
-	int cfd, ufd;
-	bool live;
-	uint32_t rdy;
-	char line[128];
-	size_t len;
-	uint32_t skip; /* IDENTIFY body bytes still to skip */
-	int hdr;       /* size bytes still to read after IDENTIFY */
-};
-
-static struct {
-	pthread_mutex_t mu;
-	pthread_t t;
-	int lfd[MAXC], up[MAXC], port[MAXC], n;
-	struct pair p[64];
-	int np;
-	int wake[2];
-	bool stop;
-	/* what the stand-ins received (mu) */
-	uint64_t rdy_sum, max_rdy_sum, touches, fins, reqs, rdy_cmds;
-	uint32_t last_rdy;
-	bool zero_seen; /* the sum fell to 0 after being > 0 */
-	int64_t last_touch_ms;
-} px = { .mu = PTHREAD_MUTEX_INITIALIZER };
-
-static void
-px_recount(void)
-{
-	uint64_t sum = 0;
-	int i;
-
-	for (i = 0; i < px.np; i++)
-		if (px.p[i].live)
-			sum += px.p[i].rdy;
-	if (sum == 0 && px.rdy_sum > 0)
-		px.zero_seen = true;
-	px.rdy_sum = sum;
-	if (sum > px.max_rdy_sum)
-		px.max_rdy_sum = sum;
-}
-
-static void
-px_line(struct pair *p)
-{
-	p->line[p->len] = '\0';
-	if (strcmp(p->line, "IDENTIFY") == 0) {
-		p->hdr = 4;
-		p->skip = 0;
-	} else if (strncmp(p->line, "RDY ", 4) == 0) {
-		p->rdy = (uint32_t)strtoul(p->line + 4, NULL, 10);
-		px.last_rdy = p->rdy;
-		px.rdy_cmds++;
-	} else if (strncmp(p->line, "TOUCH ", 6) == 0) {
-		px.touches++;
-		px.last_touch_ms = mono_ms();
-	} else if (strncmp(p->line, "FIN ", 4) == 0) {
-		px.fins++;
-	} else if (strncmp(p->line, "REQ ", 4) == 0) {
-		px.reqs++;
-	}
-	p->len = 0;
-}
-
-/* Parse client bytes (px.mu held). */
-static void
-px_parse(struct pair *p, const uint8_t *b, size_t n)
-{
-	size_t i;
-
-	for (i = 0; i < n; i++) {
-		if (p->hdr > 0) {
-			p->skip = p->skip << 8 | b[i];
-			p->hdr--;
-			continue;
-		}
-		if (p->skip > 0) {
-			p->skip--;
-			continue;
-		}
-		if (b[i] == '\n')
-			px_line(p);
-		else if (p->len + 1 < sizeof(p->line))
-			p->line[p->len++] = (char)b[i];
-	}
-}
-
-static int
-px_connect(int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET };
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	a.sin_port = htons((uint16_t)port);
-	if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
-		close(fd);
-		fd = -1;
-	}
-	return fd;
-}
-
-static void
-px_kill(struct pair *p)
-{
-	if (!p->live)
-		return;
-	close(p->cfd);
-	close(p->ufd);
-	p->live = false;
-	p->rdy = 0;
-}
-
-static void *
-px_main(void *arg)
-{
-	struct pollfd f[MAXC + 2 * 64 + 1];
-	int map[MAXC + 2 * 64 + 1];
-	uint8_t buf[65536];
-
-	(void)arg;
-	for (;;) {
-		int k = 0, i, j;
-
-		pthread_mutex_lock(&px.mu);
-		if (px.stop) {
-			pthread_mutex_unlock(&px.mu);
-			break;
-		}
-		f[k] = (struct pollfd){ .fd = px.wake[0], .events = POLLIN };
-		map[k++] = -1;
-		for (i = 0; i < px.n; i++) {
-			f[k] = (struct pollfd){ .fd = px.lfd[i],
-						.events = POLLIN };
-			map[k++] = 1000 + i;
-		}
-		for (i = 0; i < px.np; i++) {
-			if (!px.p[i].live)
-				continue;
-			f[k] = (struct pollfd){ .fd = px.p[i].cfd,
-						.events = POLLIN };
-			map[k++] = 2 * i;
-			f[k] = (struct pollfd){ .fd = px.p[i].ufd,
-						.events = POLLIN };
-			map[k++] = 2 * i + 1;
-		}
-		pthread_mutex_unlock(&px.mu);
-		if (poll(f, (nfds_t)k, 1000) <= 0)
-			continue;
-		pthread_mutex_lock(&px.mu);
-		for (j = 1; j < k; j++) {
-			struct pair *p;
-			ssize_t r;
-
-			if (!f[j].revents)
-				continue;
-			if (map[j] >= 1000) {
-				int cfd = accept(f[j].fd, NULL, NULL);
-				int ufd =
-					cfd >= 0 ? px_connect(
-							   px.up[map[j] - 1000])
-						 : -1;
-
-				if (cfd >= 0 && (ufd < 0 || px.np == 64)) {
-					close(cfd);
-					if (ufd >= 0)
-						close(ufd);
-					continue;
-				}
-				if (cfd >= 0)
-					px.p[px.np++] = (struct pair){
-						.cfd = cfd,
-						.ufd = ufd,
-						.live = true,
-					};
-				continue;
-			}
-			p = &px.p[map[j] / 2];
-			if (!p->live || map[j] % 2 == 0)
-				continue;
-			r = read(p->ufd, buf, sizeof(buf));
-			if (r <= 0)
-				px_kill(p);
-			else
-				(void)!write(p->cfd, buf, (size_t)r);
-		}
-		/* Client bytes: read every connection until a whole pass
-		 * finds nothing, then count: whatever was written before
-		 * the last bytes seen has been seen too (top comment). */
-		for (;;) {
-			bool more = false;
-
-			for (i = 0; i < px.np; i++) {
-				struct pair *p = &px.p[i];
-				ssize_t r;
-
-				if (!p->live)
-					continue;
-				r = recv(p->cfd, buf, sizeof(buf),
-					 MSG_DONTWAIT);
-				if (r == 0 || (r < 0 && errno != EAGAIN)) {
-					px_kill(p);
-					more = true;
-				} else if (r > 0) {
-					px_parse(p, buf, (size_t)r);
-					(void)!write(p->ufd, buf, (size_t)r);
-					more = true;
-				}
-			}
-			if (!more)
-				break;
-		}
-		px_recount();
-		pthread_mutex_unlock(&px.mu);
-		if (f[0].revents) {
-			char c;
-
-			(void)!read(px.wake[0], &c, 1);
-		}
-	}
-	return NULL;
-}
-
-/* Proxy a listener on a free port to each of @up[0..@n). */
-static void
-px_start(const int *up, int n)
-{
-	int i;
-
-	CHECK_OK(pipe(px.wake));
-	for (i = 0; i < n; i++) {
-		struct sockaddr_in a = { .sin_family = AF_INET };
-		socklen_t len = sizeof(a);
-		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		CHECK_OK(bind(fd, (struct sockaddr *)&a, sizeof(a)));
-		CHECK_OK(listen(fd, 16));
-		CHECK_OK(getsockname(fd, (struct sockaddr *)&a, &len));
-		px.lfd[i] = fd;
-		px.up[i] = up[i];
-		px.port[i] = ntohs(a.sin_port);
-	}
-	px.n = n;
-	CHECK_OK(pthread_create(&px.t, NULL, px_main, NULL));
-}
-
-static void
-px_stop(void)
-{
-	int i;
-
-	pthread_mutex_lock(&px.mu);
-	px.stop = true;
-	pthread_mutex_unlock(&px.mu);
-	(void)!write(px.wake[1], "x", 1);
-	CHECK_OK(pthread_join(px.t, NULL));
-	for (i = 0; i < px.np; i++)
-		px_kill(&px.p[i]);
-	for (i = 0; i < px.n; i++)
-		close(px.lfd[i]);
-}
-
-enum pxf {
-	PX_RDY_SUM,
-	PX_MAX_RDY_SUM,
-	PX_TOUCHES,
-	PX_FINS,
-	PX_REQS,
-	PX_LAST_RDY,
-	PX_ZERO_SEEN,
-	PX_LAST_TOUCH
-};
-
-/* One of the proxy's records, read under its lock. */
-static int64_t
-px_get(enum pxf f)
-{
-	int64_t v = 0;
-
-	pthread_mutex_lock(&px.mu);
-	switch (f) {
-	case PX_RDY_SUM:
-		v = (int64_t)px.rdy_sum;
-		break;
-	case PX_MAX_RDY_SUM:
-		v = (int64_t)px.max_rdy_sum;
-		break;
-	case PX_TOUCHES:
-		v = (int64_t)px.touches;
-		break;
-	case PX_FINS:
-		v = (int64_t)px.fins;
-		break;
-	case PX_REQS:
-		v = (int64_t)px.reqs;
-		break;
-	case PX_LAST_RDY:
-		v = px.last_rdy;
-		break;
-	case PX_ZERO_SEEN:
-		v = px.zero_seen;
-		break;
-	case PX_LAST_TOUCH:
-		v = px.last_touch_ms;
-		break;
-	}
-	pthread_mutex_unlock(&px.mu);
-	return v;
-}
-
-/* ---- the consumer ------------------------------------------------------ */
-
-static struct sluice_nsq_stats
-stats(struct sluice_nsq *n)
-{
-	struct sluice_nsq_stats st;
-
-	sluice_nsq_stats(n, &st);
-	return st;
-}
-
-#define WAIT_FOR(cond) WAIT_UNTIL(cond, "WAIT_FOR: " #cond)
-
-static void
-cfg_base(struct sluice_nsq_config *cfg)
-{
-	sluice_nsq_config_init(cfg);
-	cfg->topic = TOPIC;
-	cfg->channel = CHANNEL;
-	cfg->heartbeat_ms = 200;
-	cfg->msg_timeout_ms = 1000;
-	cfg->reconnect_min_ns = 50 * SLUICE_NS_PER_MS;
-	cfg->reconnect_max_ns = 200 * SLUICE_NS_PER_MS;
-	cfg->rdy_redistribute_ns = 50 * SLUICE_NS_PER_MS;
-	cfg->low_rdy_idle_ns = 200 * SLUICE_NS_PER_MS;
-	cfg->low_rdy_ns = 400 * SLUICE_NS_PER_MS;
-	cfg->backoff_unit_ns = 200 * SLUICE_NS_PER_MS;
-	cfg->backoff_max_ns = 2 * SLUICE_NS_PER_S;
-}
-
-static struct sluice_nsq *
-open_nsq(struct sluice_nsq_config *cfg)
-{
-	struct sluice_nsq *n = NULL;
-	char err[256];
-	int rc = sluice_nsq_open(cfg, err, sizeof(err), &n);
-
-	if (rc)
-		fprintf(stderr, "  open: %s (%s)\n", err, sluice_err_name(rc));
-	CHECK_OK(rc);
-	return n;
-}
 
 /* Handler: bodies starting with "fail" fail TEMPORARY, others succeed;
  * every call is counted by body in `seen`. */
@@ -530,24 +143,7 @@ seen_total(int count)
 	return t;
 }
 
-static const char *
-addr_of(char *buf, size_t cap, int port)
-{
-	snprintf(buf, cap, "127.0.0.1:%d", port);
-	return buf;
-}
-
-/* Aim @cfg at the one nsqd on 127.0.0.1:@port; @a (32 bytes) and @addrs
- * hold the address until the open copies it. */
-static void
-aim(struct sluice_nsq_config *cfg, const char **addrs, char *a, int port)
-{
-	addrs[0] = addr_of(a, 32, port);
-	cfg->nsqd = addrs;
-	cfg->n_nsqd = 1;
-}
-
-/* One fake_nsqd @d behind the proxy; @cfg (from cfg_base(), adjusted by
+/* One fake_nsqd @d behind the proxy; @cfg (from nsq_cfg_base(), adjusted by
  * the caller) gets its address; the source is opened. */
 static struct sluice_nsq *
 open_proxied(struct child *d, struct sluice_nsq_config *cfg)
@@ -592,7 +188,7 @@ test_rdy_spread_and_sum(void)
 	up[0] = d[0].port;
 	up[1] = d[1].port;
 	px_start(up, 2);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	addrs[0] = addr_of(a0, sizeof(a0), px.port[0]);
 	addrs[1] = addr_of(a1, sizeof(a1), px.port[1]);
 	cfg.nsqd = addrs;
@@ -604,7 +200,7 @@ test_rdy_spread_and_sum(void)
 	pub_range(&d[1], 100, 100);
 	monitor_wait(&seen.mon, 200);
 	check_each_once_or_more(200);
-	st = stats(n);
+	st = nsq_stats(n);
 	CHECK_EQ(st.credit, 5u);
 	CHECK_EQ(st.rdy, 4u); /* trunc(5 / 2) each */
 	CHECK_EQ(st.connections, 2u);
@@ -612,7 +208,7 @@ test_rdy_spread_and_sum(void)
 	CHECK_EQ(es.handled, 200u);
 	WAIT_FOR(px_get(PX_FINS) == 200);
 	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
-	CHECK_LE(stats(n).max_rdy_sum, 5u);
+	CHECK_LE(nsq_stats(n).max_rdy_sum, 5u);
 	sluice_nsq_free(n);
 	px_stop();
 	child_stop(&d[0]);
@@ -638,7 +234,7 @@ test_more_connections_than_credit(void)
 		up[i] = d[i].port;
 	}
 	px_start(up, 3);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	for (i = 0; i < 3; i++)
 		addrs[i] = addr_of(a[i], sizeof(a[i]), px.port[i]);
 	cfg.nsqd = addrs;
@@ -652,7 +248,7 @@ test_more_connections_than_credit(void)
 	CHECK_LE(px_get(PX_MAX_RDY_SUM), 1u);
 	es = engine_finish(e);
 	CHECK_EQ(es.handled, 15u);
-	CHECK_LE(stats(n).max_rdy_sum, 1u);
+	CHECK_LE(nsq_stats(n).max_rdy_sum, 1u);
 	sluice_nsq_free(n);
 	px_stop();
 	for (i = 0; i < 3; i++)
@@ -677,7 +273,7 @@ test_accounting_under_drops_and_restart(void)
 	nsqd_start(&d[0], 0, NULL);
 	nsqd_start(&d[1], 0, NULL);
 	port1 = d[1].port;
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	addrs[0] = addr_of(a0, sizeof(a0), d[0].port);
 	addrs[1] = addr_of(a1, sizeof(a1), d[1].port);
 	cfg.nsqd = addrs;
@@ -686,24 +282,24 @@ test_accounting_under_drops_and_restart(void)
 	e = engine_on(n, 4, 4);
 	pub_range(&d[0], 0, 50);
 	child_ctl(&d[0], "drop");
-	WAIT_FOR(stats(n).reconnects == 1 && stats(n).connections == 2);
+	WAIT_FOR(nsq_stats(n).reconnects == 1 && nsq_stats(n).connections == 2);
 	pub_range(&d[0], 50, 50);
 	child_ctl(&d[0], "malformed");
-	WAIT_FOR(stats(n).reconnects == 2 && stats(n).connections == 2);
+	WAIT_FOR(nsq_stats(n).reconnects == 2 && nsq_stats(n).connections == 2);
 	pub_range(&d[1], 100, 50);
 	WAIT_FOR(seen_total(150) == 150);
 	/* Restart d[1]: kill it and start a new one on the same port. */
 	child_stop(&d[1]);
-	WAIT_FOR(stats(n).connections == 1);
+	WAIT_FOR(nsq_stats(n).connections == 1);
 	nsqd_start(&d[1], port1, NULL);
-	WAIT_FOR(stats(n).connections == 2);
+	WAIT_FOR(nsq_stats(n).connections == 2);
 	pub_range(&d[1], 150, 50);
 	WAIT_FOR(seen_total(200) == 200);
-	st = stats(n);
+	st = nsq_stats(n);
 	CHECK_GE(st.disconnects, 3u);
 	CHECK_GE(st.reconnects, 3u);
 	es = engine_finish(e);
-	st = stats(n);
+	st = nsq_stats(n);
 	/* An ack whose connection died meanwhile is refused (ESTALE): nsqd
 	 * redelivers that message, and the engine counts it in ack_failed. */
 	CHECK_EQ(st.fins, es.handled - es.ack_failed);
@@ -725,7 +321,7 @@ test_auto_touch_until_deadline(void)
 	struct sluice_nsq *n;
 	int64_t touches, t0;
 
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.touch_deadline_ns = 2500 * SLUICE_NS_PER_MS;
 	n = open_proxied(&d, &cfg);
 	src = sluice_nsq_source(n);
@@ -746,7 +342,7 @@ test_auto_touch_until_deadline(void)
 	src.ops->release(src.self, &m, 1);
 	CHECK_EQ(src.ops->ack(src.self, &m2, 1), 0);
 	src.ops->release(src.self, &m2, 1);
-	CHECK_EQ(stats(n).fin_failed, 0u);
+	CHECK_EQ(nsq_stats(n).fin_failed, 0u);
 	sluice_nsq_free(n);
 	px_stop();
 	child_stop(&d);
@@ -765,7 +361,7 @@ test_auto_touch_keeps_lease(void)
 	struct sluice_nsq *n;
 	uint64_t hb;
 
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.touch_deadline_ns = 30 * SLUICE_NS_PER_S;
 	n = open_proxied(&d, &cfg);
 	src = sluice_nsq_source(n);
@@ -773,15 +369,15 @@ test_auto_touch_keeps_lease(void)
 	pub(&d, "slow");
 	CHECK_EQ(fetch_one(src, &m), 1);
 	/* Hold it for 2 leases (10 heartbeats of 200 ms). */
-	hb = stats(n).heartbeats;
-	WAIT_FOR(stats(n).heartbeats >= hb + 10);
+	hb = nsq_stats(n).heartbeats;
+	WAIT_FOR(nsq_stats(n).heartbeats >= hb + 10);
 	CHECK_GE(px_get(PX_TOUCHES), 2u);
 	CHECK_EQ(src.ops->ack(src.self, &m, 1), 0);
 	src.ops->release(src.self, &m, 1);
 	WAIT_FOR(px_get(PX_FINS) == 1);
-	hb = stats(n).heartbeats;
-	WAIT_FOR(stats(n).heartbeats >= hb + 2);
-	st = stats(n);
+	hb = nsq_stats(n).heartbeats;
+	WAIT_FOR(nsq_stats(n).heartbeats >= hb + 2);
+	st = nsq_stats(n);
 	CHECK_EQ(st.fin_failed, 0u);
 	CHECK_EQ(st.messages, 1u); /* never redelivered */
 	sluice_nsq_free(n);
@@ -799,7 +395,7 @@ test_backoff_probe_recovery_across_reconnect(void)
 	struct sluice_engine *e;
 	struct sluice_nsq *n;
 
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.backoff_unit_ns = 300 * SLUICE_NS_PER_MS;
 	n = open_proxied(&d, &cfg);
 	e = engine_on(n, 4, 1);
@@ -808,22 +404,22 @@ test_backoff_probe_recovery_across_reconnect(void)
 	/* Failure: RDY 0 everywhere, level 1; after 300 ms the probe (RDY
 	 * 1) takes the redelivery, which fails again: level 2.  (Counted,
 	 * not sampled: a loaded machine may pass the 600 ms period.) */
-	WAIT_FOR(stats(n).backoffs >= 2);
+	WAIT_FOR(nsq_stats(n).backoffs >= 2);
 	WAIT_FOR(px_get(PX_ZERO_SEEN));
 	/* Lose the connection while backing off: the probe must come back
 	 * on the new connection (go-nsq #106/#127). */
 	child_ctl(&d, "drop");
-	WAIT_FOR(stats(n).reconnects >= 1);
-	CHECK_GE(stats(n).backoff_level, 1u);
+	WAIT_FOR(nsq_stats(n).reconnects >= 1);
+	CHECK_GE(nsq_stats(n).backoff_level, 1u);
 	/* Attempt 3 succeeds, then ok-1: each success steps down; level 0
 	 * gives full credit again. */
 	pub(&d, "ok-1");
-	WAIT_FOR(stats(n).backoff_level == 0 && px_get(PX_RDY_SUM) == 5);
+	WAIT_FOR(nsq_stats(n).backoff_level == 0 && px_get(PX_RDY_SUM) == 5);
 	pthread_mutex_lock(&seen.mu);
 	CHECK_EQ(seen.fails, 2);
 	pthread_mutex_unlock(&seen.mu);
 	CHECK_LE(px_get(PX_MAX_RDY_SUM), 5u);
-	CHECK_GE(stats(n).backoffs, 1u);
+	CHECK_GE(nsq_stats(n).backoffs, 1u);
 	(void)engine_finish(e);
 	sluice_nsq_free(n);
 	px_stop();
@@ -844,37 +440,37 @@ test_lookupd_adds_and_removes_producers(void)
 	nsqd_start(&d[0], 0, NULL);
 	nsqd_start(&d[1], 0, NULL);
 	child_start(&l, "SLUICE_FAKE_LOOKUPD", "fake_lookupd", NULL);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	snprintf(url, sizeof(url), "127.0.0.1:%d", l.port);
 	urls[0] = url;
 	cfg.lookupd = urls;
 	cfg.n_lookupd = 1;
 	cfg.lookupd_poll_ns = 100 * SLUICE_NS_PER_MS;
 	n = open_nsq(&cfg); /* 404 TOPIC_NOT_FOUND: no producers yet */
-	CHECK_EQ(stats(n).connections, 0u);
-	CHECK_EQ(stats(n).lookupd_errors, 0u);
+	CHECK_EQ(nsq_stats(n).connections, 0u);
+	CHECK_EQ(nsq_stats(n).lookupd_errors, 0u);
 	e = engine_on(n, 2, 0);
 	snprintf(cmd, sizeof(cmd), "add 127.0.0.1 %d", d[0].port);
 	child_ctl(&l, cmd);
-	WAIT_FOR(stats(n).connections == 1);
+	WAIT_FOR(nsq_stats(n).connections == 1);
 	snprintf(cmd, sizeof(cmd), "add 127.0.0.1 %d", d[1].port);
 	child_ctl(&l, cmd);
-	WAIT_FOR(stats(n).connections == 2);
+	WAIT_FOR(nsq_stats(n).connections == 2);
 	pub_range(&d[0], 0, 10);
 	pub_range(&d[1], 10, 10);
 	WAIT_FOR(seen_total(20) == 20);
 	/* A failing lookupd is skipped and nothing is dropped. */
 	child_ctl(&l, "fail");
-	WAIT_FOR(stats(n).lookupd_errors >= 2);
-	CHECK_EQ(stats(n).connections, 2u);
+	WAIT_FOR(nsq_stats(n).lookupd_errors >= 2);
+	CHECK_EQ(nsq_stats(n).connections, 2u);
 	child_ctl(&l, "heal");
 	snprintf(cmd, sizeof(cmd), "remove 127.0.0.1 %d", d[0].port);
 	child_ctl(&l, cmd);
-	WAIT_FOR(stats(n).connections == 1);
+	WAIT_FOR(nsq_stats(n).connections == 1);
 	pub_range(&d[1], 20, 10);
 	WAIT_FOR(seen_total(30) == 30);
 	(void)engine_finish(e);
-	CHECK_EQ(stats(n).disconnects, 0u); /* removed by CLS, not lost */
+	CHECK_EQ(nsq_stats(n).disconnects, 0u); /* removed by CLS, not lost */
 	sluice_nsq_free(n);
 	child_stop(&l);
 	child_stop(&d[0]);
@@ -893,13 +489,13 @@ test_oversized_frame_reconnects(void)
 	const char *addrs[1];
 
 	nsqd_start(&d, 0, NULL);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	aim(&cfg, addrs, a, d.port);
 	n = open_nsq(&cfg);
 	e = engine_on(n, 2, 0);
 	child_ctl(&d, "oversized");
-	WAIT_FOR(stats(n).reconnects == 1 && stats(n).connections == 1);
-	CHECK_EQ(stats(n).error, SLUICE_EMSGSIZE);
+	WAIT_FOR(nsq_stats(n).reconnects == 1 && nsq_stats(n).connections == 1);
+	CHECK_EQ(nsq_stats(n).error, SLUICE_EMSGSIZE);
 	sluice_nsq_last_error(n, err, sizeof(err));
 	CHECK(strstr(err, "bad frame") != NULL);
 	pub_range(&d, 0, 5);
@@ -920,12 +516,12 @@ test_graceful_stop_requeues_remaining(void)
 	struct sluice_msg *m;
 	struct sluice_nsq *n;
 
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	n = open_proxied(&d, &cfg);
 	src = sluice_nsq_source(n);
 	src.ops->set_credit(src.self, 5);
 	pub_range(&d, 0, 5);
-	WAIT_FOR(stats(n).messages == 5);
+	WAIT_FOR(nsq_stats(n).messages == 5);
 	CHECK_EQ(src.ops->fetch(src.self, &m, 1, 0), 1);
 	CHECK_EQ(src.ops->ack(src.self, &m, 1), 0);
 	src.ops->release(src.self, &m, 1);
@@ -958,7 +554,7 @@ through(const char *const *args, struct sluice_nsq_config *cfg)
 	WAIT_FOR(seen_total(20) == 20);
 	es = engine_finish(e);
 	CHECK_EQ(es.handled, 20u);
-	st = stats(n);
+	st = nsq_stats(n);
 	CHECK_EQ(st.fins, 20u);
 	sluice_nsq_free(n);
 	child_stop(&d);
@@ -982,14 +578,14 @@ test_tls_compression_and_auth(void)
 	char a[32], err[256];
 	const char *addrs[1];
 
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.snappy = true;
 	(void)through(snappy, &cfg);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.deflate = true;
 	cfg.deflate_level = 3;
 	(void)through(deflate, &cfg);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	cfg.auth_secret = "s3cret";
 	(void)through(auth, &cfg);
 	certs_make(&ct);
@@ -998,7 +594,7 @@ test_tls_compression_and_auth(void)
 					    "--tls-key",  ct.srv_key,
 					    "--snappy",   NULL };
 
-		cfg_base(&cfg);
+		nsq_cfg_base(&cfg);
 		cfg.tls = true;
 		cfg.tls_ca_file = ct.ca;
 		cfg.snappy = true; /* TLS, then snappy inside it */
@@ -1006,7 +602,7 @@ test_tls_compression_and_auth(void)
 	}
 	/* TLS asked of a server that has no certificate. */
 	nsqd_start(&d, 0, NULL);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	aim(&cfg, addrs, a, d.port);
 	cfg.tls = true;
 	cfg.tls_ca_file = ct.ca;
@@ -1015,7 +611,7 @@ test_tls_compression_and_auth(void)
 	child_stop(&d);
 	/* A wrong AUTH secret. */
 	nsqd_start(&d, 0, auth);
-	cfg_base(&cfg);
+	nsq_cfg_base(&cfg);
 	aim(&cfg, addrs, a, d.port);
 	cfg.auth_secret = "wrong";
 	CHECK_EQ(sluice_nsq_open(&cfg, err, sizeof(err), &n), SLUICE_EPROTO);
