@@ -10,7 +10,7 @@
  * and the sums are checked against n(n-1)/2 so nothing can be skipped.
  *
  *   bench_engine [-m pool|batch] [-w workers] [-n messages] [-p prefetch]
- *                [-t] [-P]
+ *                [-s NS] [-t] [-P]
  *
  * Prints one line: "<mode> workers=W n=N: X ns/msg, Y Mmsg/s".  With -t
  * the run is repeated with the execution trace recording (ring mode, so the
@@ -18,6 +18,8 @@
  * per event derived from the difference, and the cost of one probe on one
  * thread, on and off.  With -P the run is repeated with the CPU profiler
  * sampling at 100 Hz, and it prints both and the overhead in percent.
+ * -s NS makes the (concurrent-mode) handler busy for about NS ns, so the
+ * overheads can be seen against a handler that does some work.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -32,6 +34,20 @@
 #include <sluice/trace.h>
 
 static _Atomic uint64_t total_sum;
+static int64_t spin_ns; /* -s: CPU work per message, in ns */
+
+/* Busy work for about spin_ns: a handler that does something. */
+static void
+spin(void)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	while ((t.tv_sec - t0.tv_sec) * 1000000000 + (t.tv_nsec - t0.tv_nsec) <
+	       spin_ns);
+}
 static _Thread_local uint64_t local_sum;
 
 static struct sluice_error *
@@ -130,6 +146,8 @@ noop_keyed(void *ud, struct sluice_ctx *ctx, const struct sluice_msg *m)
 {
 	if (!local_sum)
 		pthread_setspecific(sum_key, (void *)1);
+	if (spin_ns)
+		spin();
 	return noop(ud, ctx, m);
 }
 
@@ -189,7 +207,7 @@ main(int argc, char **argv)
 	double off, on;
 	int opt;
 
-	while ((opt = getopt(argc, argv, "m:w:n:p:tP")) != -1) {
+	while ((opt = getopt(argc, argv, "m:w:n:p:s:tP")) != -1) {
 		switch (opt) {
 		case 'm':
 			mode = optarg;
@@ -209,10 +227,14 @@ main(int argc, char **argv)
 		case 'P':
 			prof = true;
 			break;
+		case 's':
+			spin_ns = strtoll(optarg, NULL, 10);
+			break;
 		default:
 			fprintf(stderr,
 				"usage: %s [-m pool|batch] [-w N] "
-				"[-n msgs] [-p prefetch] [-t] [-P]\n",
+				"[-n msgs] [-p prefetch] [-s spin_ns] [-t] "
+				"[-P]\n",
 				argv[0]);
 			return 2;
 		}

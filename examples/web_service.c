@@ -8,11 +8,13 @@
  * (../shared/anchors/go-web-test).
  *
  *   web_service [--addr HOST:PORT] [--debug-addr HOST:PORT] [--workers N]
- *               [--requests N]
+ *               [--http-threads N] [--requests N]
+ *               (workers and HTTP threads default to the number of CPUs)
  *   wrk -t2 -c100 -d10s http://127.0.0.1:18082/test
  *   go tool pprof -top http://127.0.0.1:6060/debug/pprof/profile?seconds=5
  *
- * How a request flows: the request thread (libmicrohttpd's epoll thread)
+ * How a request flows: a request thread (one of libmicrohttpd's epoll
+ * threads)
  * suspends the connection, publishes the 10 tasks to an in-process queue
  * in one batch, and returns to serve other connections; the engine's
  * workers run the tasks ("do: i" on stdout, as the seed prints); the worker
@@ -224,8 +226,11 @@ main(int argc, char **argv)
 	struct MHD_Daemon *d;
 	struct sockaddr_in sa;
 	char err[256];
-	int workers = 4, port, sig, i;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	int workers, http_threads, port, sig, i;
 
+	/* One worker and one HTTP thread per CPU, as Go's GOMAXPROCS. */
+	workers = http_threads = ncpu > 0 && ncpu < 256 ? (int)ncpu : 2;
 	for (i = 1; i + 1 < argc; i += 2) {
 		if (strcmp(argv[i], "--addr") == 0)
 			addr = argv[i + 1];
@@ -233,13 +238,15 @@ main(int argc, char **argv)
 			debug_addr = argv[i + 1];
 		else if (strcmp(argv[i], "--workers") == 0)
 			workers = (int)strtol(argv[i + 1], NULL, 10);
+		else if (strcmp(argv[i], "--http-threads") == 0)
+			http_threads = (int)strtol(argv[i + 1], NULL, 10);
 		else if (strcmp(argv[i], "--requests") == 0)
 			stop_after = strtol(argv[i + 1], NULL, 10);
 		else
 			break;
 	}
 	port = port_of(addr);
-	if (i != argc || port < 0 || workers < 1) {
+	if (i != argc || port < 0 || workers < 1 || http_threads < 1) {
 		fprintf(stderr,
 			"usage: %s [--addr 127.0.0.1:PORT] "
 			"[--debug-addr HOST:PORT] [--workers N] "
@@ -292,12 +299,14 @@ main(int argc, char **argv)
 			}
 		}
 	}
-	d = MHD_start_daemon(
-		MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-			MHD_USE_TURBO,
-		0, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
-		(struct sockaddr *)&sa, MHD_OPTION_NOTIFY_COMPLETED, done, NULL,
-		MHD_OPTION_CONNECTION_LIMIT, 10000u, MHD_OPTION_END);
+	d = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD |
+				     MHD_ALLOW_SUSPEND_RESUME | MHD_USE_TURBO,
+			     0, NULL, NULL, handle, NULL, MHD_OPTION_SOCK_ADDR,
+			     (struct sockaddr *)&sa,
+			     MHD_OPTION_NOTIFY_COMPLETED, done, NULL,
+			     MHD_OPTION_CONNECTION_LIMIT, 10000u,
+			     MHD_OPTION_THREAD_POOL_SIZE,
+			     (unsigned)http_threads, MHD_OPTION_END);
 	if (!d) {
 		fprintf(stderr, "web_service: cannot listen on %s: %s\n", addr,
 			strerror(errno));
