@@ -135,7 +135,17 @@ sl_unwind(uintptr_t pc, uintptr_t fp, uintptr_t sp, uintptr_t *pcs, size_t max)
 	return n;
 }
 
-/* Look up the calling thread's stack top once (not signal-safe). */
+/* Set while init_stack_bounds() runs on this thread. */
+static TLS_IE int tls_bounding;
+
+/*
+ * Look up the calling thread's stack top once (not signal-safe).
+ * pthread_getattr_np() holds the thread's own lock while it allocates
+ * (its cpuset), and an allocation may be sampled by the heap profiler,
+ * whose stack walk lands here again: the nested call must not look the
+ * bounds up a second time (that would wait forever on the same lock), so
+ * it returns with no bounds and the walk records nothing.
+ */
 static void
 init_stack_bounds(void)
 {
@@ -143,13 +153,15 @@ init_stack_bounds(void)
 	void *addr;
 	size_t size;
 
-	if (tls_stack_hi != 0)
+	if (tls_stack_hi != 0 || tls_bounding)
 		return;
-	if (pthread_getattr_np(pthread_self(), &attr) != 0)
-		return;
-	if (pthread_attr_getstack(&attr, &addr, &size) == 0)
-		tls_stack_hi = (uintptr_t)addr + size;
-	pthread_attr_destroy(&attr);
+	tls_bounding = 1;
+	if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+		if (pthread_attr_getstack(&attr, &addr, &size) == 0)
+			tls_stack_hi = (uintptr_t)addr + size;
+		pthread_attr_destroy(&attr);
+	}
+	tls_bounding = 0;
 }
 
 NO_SANITIZE_ADDR __attribute__((noinline)) size_t

@@ -9,12 +9,14 @@
  * Under AddressSanitizer or ThreadSanitizer the interposer is compiled
  * out (they own malloc) and test_heapprof does not run this.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <sluice/heapprof.h>
 
+#include "obs/threads.h"
 #include "util/alloc.h"
 
 #define N  4000
@@ -64,6 +66,31 @@ dup_site(const char *s)
 	}
 }
 
+static void *
+nothing(void *arg)
+{
+	return arg;
+}
+
+/*
+ * A thread started while every allocation is sampled: registering it looks
+ * up its stack bounds with pthread_getattr_np(), which allocates under the
+ * thread's own lock; the sample's stack walk must not look them up again
+ * (that deadlocked once).  Returns only if it did not.
+ */
+static void
+thread_under_full_sampling(void)
+{
+	long rate = sluice_heap_profile_rate();
+	pthread_t t;
+
+	if (sluice_heap_profile_set_rate(1) != 0 ||
+	    sl_thread_create(&t, "sampled", nothing, NULL) != 0 ||
+	    pthread_join(t, NULL) != 0)
+		abort();
+	(void)sluice_heap_profile_set_rate(rate);
+}
+
 int
 main(void)
 {
@@ -74,6 +101,7 @@ main(void)
 	plain_alloc();
 	sl_alloc_site();
 	dup_site(big);
+	thread_under_full_sampling();
 	if (sluice_profile_write_path(SLUICE_PROFILE_HEAP,
 				      SLUICE_PROFILE_FOLDED,
 				      "/dev/stdout") != 0) {
