@@ -144,6 +144,9 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 	(void)cls;
 	(void)version;
 	(void)upload;
+	/* libmicrohttpd's threads, visible to the CPU profiler (idempotent:
+	 * one TLS load after the first call). */
+	(void)sluice_thread_register("http");
 	if (strcmp(method, "GET") != 0)
 		return MHD_NO;
 	if (*upload_size) {

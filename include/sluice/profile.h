@@ -131,6 +131,26 @@ sluice_cpu_profile_stop_path(enum sluice_profile_format format,
 			     const char *path);
 
 /**
+ * sluice_thread_register() - make the calling thread known to the
+ * profilers: from now on it gets a CPU-time timer while a CPU profile
+ * runs, and it is listed (with its stack) in the goroutine profile.
+ * sluice registers the threads it starts itself; call this from your own
+ * threads, or lazily from a callback another library runs on its threads
+ * (an HTTP server's handler, say).  Idempotent.
+ * @name: the thread's name in profiles; copied (first 15 bytes).
+ *
+ * Returns: 0; SLUICE_ENOMEM.
+ * Threads: the calling thread only.
+ */
+SLUICE_API int sluice_thread_register(const char *name);
+
+/**
+ * sluice_thread_unregister() - undo sluice_thread_register() (a thread
+ * that exits without it is unregistered by its key destructor).
+ */
+SLUICE_API void sluice_thread_unregister(void);
+
+/**
  * sluice_goroutine_profile() - every registered thread and its current
  * stack (Go's "goroutine" profile: sluice's unit of concurrency is a
  * thread).

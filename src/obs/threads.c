@@ -48,6 +48,7 @@
 #include <unistd.h>
 
 #include <sluice/common.h>
+#include <sluice/profile.h>
 
 #include "util/alloc.h"
 
@@ -276,6 +277,18 @@ int
 sl_thread_register(const char *name)
 {
 	return do_register(name, NULL, 0);
+}
+
+int
+sluice_thread_register(const char *name)
+{
+	return sl_thread_register(name);
+}
+
+void
+sluice_thread_unregister(void)
+{
+	sl_thread_unregister();
 }
 
 void
