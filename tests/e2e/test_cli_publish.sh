@@ -208,9 +208,32 @@ missing_input_file_exits_66() {
 	stop_nsqd
 }
 
+sigterm_publishes_what_was_read() {
+	local pid rc
+	start_nsqd
+	mkfifo in
+	"$SLUICE" publish --nsqd "127.0.0.1:$PORT" --topic t --batch 50 \
+		--linger 1h <in 2>err &
+	pid=$!
+	exec 3>in
+	# One write of 120 lines: one read.  Two full batches go out; the
+	# last 20 wait for a third that the linger would hold for an hour.
+	seq 120 >&3
+	subscribe t 100 >got || fail "the first 100 never arrived"
+	kill -TERM "$pid"
+	wait "$pid" && rc=0 || rc=$?
+	exec 3>&-
+	[ $rc -eq 130 ] || fail "exit $rc: $(cat err)"
+	grep -q 'published 120 messages' err || fail "summary: $(cat err)"
+	subscribe t 20 >>got || fail "the last 20 were not published"
+	seq 120 | to_length | cmp - got || fail "bodies differ"
+	stop_nsqd
+}
+
 for c in lines_round_trip_in_batches binary_bodies_byte_exact \
 	defer_uses_dpub bad_flags_exit_2 unreachable_nsqd_is_named \
-	nsqd_refusal_exits_1 missing_input_file_exits_66; do
+	nsqd_refusal_exits_1 missing_input_file_exits_66 \
+	sigterm_publishes_what_was_read; do
 	run_case "$c"
 	stop_nsqd_if_any
 done

@@ -11,13 +11,18 @@
  * callback; the callback touches only the atomic counters and, once, the
  * first error (under err_mu).  The first failed publish stops reading:
  * what nsqd refuses once (a bad topic, a message too large) it refuses
- * again.
+ * again.  A signal thread takes SIGINT/SIGTERM (blocked everywhere else):
+ * the first stops reading, and what was read is still published and
+ * answered before the exit (status 130); a second exits at once, leaving
+ * the unanswered publishes unknown.
  */
 #include <getopt.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -55,9 +60,12 @@ static const char usage_text[] =
 	"was lost with the connection may have been published (at least\n"
 	"once); such publishes are resent up to 3 times.\n"
 	"\n"
+	"SIGINT/SIGTERM stop reading; what was read is still published and\n"
+	"answered (exit 130); a second signal quits at once.\n"
+	"\n"
 	"Exit status: 0 all published, 1 a publish failed, 2 usage error,\n"
 	"3 the input broke off, 66 an input cannot be opened, 69 nsqd cannot\n"
-	"be reached.\n"
+	"be reached, 130 interrupted.\n"
 	"\n"
 	"Example:\n"
 	"  seq 1000000 | sluice publish --nsqd 127.0.0.1:4150 --topic t\n";
@@ -102,7 +110,46 @@ struct results {
 	_Atomic uint64_t ok, failed;
 	pthread_mutex_t err_mu;
 	int first_rc; /* err_mu */
+	/* the signal thread */
+	struct sluice_stream *stream; /* set before it starts */
+	atomic_bool done;             /* main: time to go */
+	atomic_int signals;           /* SIGINT/SIGTERM seen */
+	bool quiet;
 };
+
+/* SIGINT/SIGTERM: the first stops the input, the second exits now. */
+static void *
+signal_main(void *arg)
+{
+	struct results *r = arg;
+	struct timespec tick = { 0, 100 * 1000 * 1000 };
+	sigset_t set;
+	int sig;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	while (!atomic_load(&r->done)) {
+		sig = sigtimedwait(&set, NULL, &tick);
+		if (sig < 0)
+			continue;
+		if (atomic_fetch_add(&r->signals, 1) == 0) {
+			if (!r->quiet)
+				fprintf(stderr,
+					"sluice publish: %s: publishing what "
+					"was read (again to quit now)\n",
+					sigabbrev_np(sig));
+			sluice_stream_stop(r->stream);
+		} else {
+			fprintf(stderr,
+				"sluice publish: %s: quitting; "
+				"unanswered publishes are unknown\n",
+				sigabbrev_np(sig));
+			_exit(128 + sig);
+		}
+	}
+	return NULL;
+}
 
 #define BAD(what) return cli_usage_error("publish", what, optarg)
 
@@ -276,10 +323,18 @@ cli_publish(int argc, char **argv)
 	int nfiles, rc, prc, input_rc;
 	int64_t t0;
 
+	sigset_t stop_sigs;
+	pthread_t sig_t;
+
 	rc = parse(argc, argv, &o, &files, &nfiles);
 	if (rc)
 		return rc < 0 ? EXIT_OK : rc;
 	pthread_mutex_init(&r.err_mu, NULL);
+	/* Blocked before any thread starts, so only signal_main takes them. */
+	sigemptyset(&stop_sigs);
+	sigaddset(&stop_sigs, SIGINT);
+	sigaddset(&stop_sigs, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_sigs, NULL);
 	sluice_nsq_producer_config_init(&pc);
 	pc.host = o.host;
 	pc.port = o.port;
@@ -306,11 +361,20 @@ cli_publish(int argc, char **argv)
 		sluice_nsq_producer_free(p);
 		return rc;
 	}
+	r.stream = s;
+	r.quiet = o.quiet;
+	if (pthread_create(&sig_t, NULL, signal_main, &r) != 0) {
+		sluice_stream_free(s);
+		sluice_nsq_producer_free(p);
+		return EXIT_SOFTWARE;
+	}
 	t0 = cli_now_ns();
 	prc = pump(s, p, &o, &r, &skipped);
 	sluice_stream_stop(s);
 	(void)sluice_nsq_producer_flush(p, SLUICE_FOREVER);
 	input_rc = sluice_stream_finish(s, err, sizeof(err));
+	atomic_store(&r.done, true);
+	pthread_join(sig_t, NULL);
 	if (!o.quiet)
 		summary(p, &o, skipped, t0);
 	rc = EXIT_OK;
@@ -328,6 +392,8 @@ cli_publish(int argc, char **argv)
 	} else if (input_rc) {
 		fprintf(stderr, "sluice publish: input stopped: %s\n", err);
 		rc = EXIT_INPUT;
+	} else if (atomic_load(&r.signals)) {
+		rc = 130; /* interrupted: everything read was published */
 	}
 	sluice_stream_free(s);
 	sluice_nsq_producer_free(p);
