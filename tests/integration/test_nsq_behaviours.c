@@ -655,6 +655,9 @@ test_drain_hands_back_and_acks_once(void)
 	/* Slack for a loaded machine (sanitizers, 2 cores): "within the
 	 * deadline" means not waiting for anything else, not a speed. */
 	CHECK_LT(t_done - t_stop, drain + 3000 * MS);
+	/* The source has queued the hand-back; the proxy sees it once the
+	 * I/O thread wrote it. */
+	WAIT_FOR(px_count(PX_EV_REQ, run1) == 1);
 	CHECK_GE(ev_ns(run1, PX_EV_REQ, 0) - t_stop, drain);
 	/* The unstarted ones went back at once: before the drain deadline
 	 * handed back the one still running (an order, not a duration). */

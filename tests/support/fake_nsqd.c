@@ -483,14 +483,14 @@ flush(struct conn *c)
 		c->wout.off += (size_t)n;
 	}
 	if (!c->stalled) {
-		bool shaking = c->tls == TLS_HANDSHAKE;
+		bool was_on = c->tls == TLS_ON;
 
 		if (!tls_step(c))
 			return false;
-		/* The handshake may finish right here (the client's last
-		 * flight arrived since the read): its "OK" is queued now and
-		 * must go out now, or nothing wakes this connection again. */
-		if (shaking && c->tls == TLS_ON)
+		/* The handshake may finish right here (even in the call that
+		 * starts it, from TLS_REPLY): its "OK" is queued now and must
+		 * go out now, or nothing wakes this connection again. */
+		if (!was_on && c->tls == TLS_ON)
 			return flush(c);
 	}
 	want_out(c, (blive(&c->wout) > 0 && !c->stalled) || c->tls_want_write);

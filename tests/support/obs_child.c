@@ -103,6 +103,10 @@ main(void)
 	char err[256], c;
 	size_t i;
 
+	/* One sample per 64 KiB: about 256 samples of the known 16 MiB, so
+	 * the test's +-30 % is five standard deviations (at Go's 512 KiB it
+	 * would be 32 samples and under two). */
+	(void)sluice_heap_profile_set_rate(64 * 1024);
 	sluice_block_profile_set_rate(1);
 	(void)sluice_mutex_profile_set_fraction(1);
 	alloc_known();
