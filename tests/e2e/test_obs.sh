@@ -123,7 +123,7 @@ symbol_round_trips_an_address() {
 trace_json_is_well_formed() {
 	fetch code trace.json "$URL/debug/pprof/trace?seconds=1"
 	[ "$(cat code)" = 200 ] || fail "status $(cat code)"
-	python3 "$HERE/check_trace.py" trace.json || fail "trace checks"
+	python3 "$HERE/../lib/check_trace.py" trace.json min:b:message=1 || fail "trace checks"
 }
 
 trace_perfetto_decodes() {
@@ -198,7 +198,7 @@ file_profiles_read_back() {
 	if ! nm "$BUILD/file_profile" | grep -q '__[at]san_init'; then
 		grep -q 'keep_buffers' htop || fail "keep_buffers not in: $(cat htop)"
 	fi
-	python3 "$HERE/check_trace.py" trace.json || fail "trace checks"
+	python3 "$HERE/../lib/check_trace.py" trace.json min:b:message=1 || fail "trace checks"
 }
 
 cli_writes_profile_files() {
@@ -207,7 +207,7 @@ cli_writes_profile_files() {
 		fail "consume exit $?"
 	gzip -dc cpu.pb.gz | protoc --decode_raw >/dev/null || fail "cpu profile"
 	gzip -dc heap.pb.gz | protoc --decode_raw >/dev/null || fail "heap profile"
-	python3 "$HERE/check_trace.py" t.json || fail "trace"
+	python3 "$HERE/../lib/check_trace.py" t.json min:b:message=1 || fail "trace"
 	# The same from the environment, Perfetto by the file name.
 	seq 100 | SLUICE_TRACE=t.pftrace "$BUILD/sluice" consume -q --discard ||
 		fail "env: exit $?"

@@ -108,26 +108,52 @@ go_pprof(const char *dir, const char *flags, const char *file, char *out,
 	return run_shell(cmd, out, size);
 }
 
-/* Run the Python program @script (written to a scratch file) with @args
- * on its command line, under a 60 s timeout; @quiet hides its stderr (for
- * runs meant to fail).  Returns its exit status. */
+/* Run the Python program in the file @py with @args on its command line,
+ * under a 60 s timeout; @quiet hides its stderr (for runs meant to fail).
+ * Returns its exit status. */
+static inline int
+run_python_file(const char *py, const char *args, bool quiet)
+{
+	char cmd[2 * PATH_MAX];
+	int st;
+
+	CHECK_LT(snprintf(cmd, sizeof(cmd), "timeout 60 python3 '%s' %s%s", py,
+			  args, quiet ? " 2>/dev/null" : ""),
+		 (int)sizeof(cmd));
+	st = system(cmd);
+	CHECK(st != -1);
+	return exit_status(st);
+}
+
+/* The same for the program text @script (written to a scratch file). */
 static inline int
 run_python(const char *script, const char *args, bool quiet)
 {
-	char dir[64], py[96], cmd[1024];
+	char dir[64], py[96];
 	int st;
 
 	tmpdir_make(dir, sizeof(dir), "sluice-py");
 	snprintf(py, sizeof(py), "%s/check.py", dir);
 	write_file(py, script, strlen(script));
-	CHECK_LT(snprintf(cmd, sizeof(cmd), "timeout 60 python3 %s %s%s", py,
-			  args, quiet ? " 2>/dev/null" : ""),
-		 (int)sizeof(cmd));
-	st = system(cmd);
-	CHECK(st != -1);
+	st = run_python_file(py, args, quiet);
 	tmpdir_remove(dir);
-	return exit_status(st);
+	return st;
 }
+
+#ifdef SLUICE_TEST_LIB_DIR
+/* tests/lib/check_trace.py on @path with the expectations @expect
+ * ("KEY=VALUE ..."; see the script); returns its exit status. */
+static inline int
+check_trace_file(const char *path, const char *expect, bool quiet)
+{
+	char args[2048];
+
+	CHECK_LT(snprintf(args, sizeof(args), "'%s' %s", path, expect),
+		 (int)sizeof(args));
+	return run_python_file(SLUICE_TEST_LIB_DIR "/check_trace.py", args,
+			       quiet);
+}
+#endif
 
 /* gunzip @len bytes of @in into a malloc'd buffer of *@outlen bytes (plus
  * a NUL after them); the whole input must be one gzip member. */

@@ -29,83 +29,19 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static const char checker_py[] =
-	"import json, sys, collections\n"
-	"d = json.load(open(sys.argv[1]))\n"
-	"ev = d['traceEvents']\n"
-	"want = dict(a.split('=') for a in sys.argv[2:])\n"
-	"names = {e['tid']: e['args']['name'] for e in ev\n"
-	"         if e['ph'] == 'M' and e['name'] == 'thread_name'}\n"
-	"tids = {e['tid'] for e in ev if e['ph'] != 'M'}\n"
-	"assert tids <= set(names), ('no thread_name', tids - set(names))\n"
-	"stacks = collections.defaultdict(list)\n"
-	"last = collections.defaultdict(float)\n"
-	"for e in ev:\n"
-	"    if e['ph'] == 'M':\n"
-	"        continue\n"
-	"    assert e['ts'] >= last[e['tid']], ('time went back', e)\n"
-	"    last[e['tid']] = e['ts']\n"
-	"    if e['ph'] == 'B':\n"
-	"        stacks[e['tid']].append(e['name'])\n"
-	"    elif e['ph'] == 'E':\n"
-	"        assert stacks[e['tid']], ('E without B', e)\n"
-	"        top = stacks[e['tid']].pop()\n"
-	"        assert top == e['name'], ('bad nesting', top, e)\n"
-	"    elif e['ph'] in 'sf':\n"
-	"        assert stacks[e['tid']], ('flow outside a slice', e)\n"
-	"for t, s in stacks.items():\n"
-	"    assert not s, ('unclosed', t, s)\n"
-	"flows = collections.defaultdict(set)\n"
-	"for e in ev:\n"
-	"    if e['ph'] in 'sf':\n"
-	"        flows[e['id']].add(e['ph'])\n"
-	"for i, s in flows.items():\n"
-	"    assert s == {'s', 'f'}, ('flow half', i, s)\n"
-	"asy = collections.defaultdict(list)\n"
-	"for e in ev:\n"
-	"    if e['ph'] in 'be':\n"
-	"        asy[(e['id2']['local'], e['name'])].append(e)\n"
-	"for k, l in asy.items():\n"
-	"    l.sort(key=lambda e: (e['ts'], e['ph'] != 'b'))\n"
-	"    bal = 0\n"
-	"    for e in l:\n"
-	"        bal += 1 if e['ph'] == 'b' else -1\n"
-	"        assert bal >= 0, ('async e before b', k)\n"
-	"    assert bal == 0, ('async unbalanced', k)\n"
-	"cnt = collections.Counter(e['ph'] for e in ev)\n"
-	"got = {'flows': len(flows), 'async': len(asy),\n"
-	"       'counters': cnt['C'], 'instants': cnt['i'],\n"
-	"       'threads': len(tids), 'B': cnt['B']}\n"
-	"for k, v in want.items():\n"
-	"    if k.startswith('name:'):\n"
-	"        assert v in names.values(), ('missing thread', v, names)\n"
-	"    elif k.startswith('has:'):\n"
-	"        assert any(e['name'] == v for e in ev), ('missing', v)\n"
-	"    elif k.startswith('not:'):\n"
-	"        assert not any(e['name'] == v for e in ev), ('present', v)\n"
-	"    elif k.startswith('arg:'):\n"
-	"        assert any(e.get('args', {}).get('i') == int(v)\n"
-	"                   for e in ev), ('no arg', v)\n"
-	"    elif k.startswith('noarg:'):\n"
-	"        assert not any(e.get('args', {}).get('i') == int(v)\n"
-	"                       for e in ev), ('arg present', v)\n"
-	"    else:\n"
-	"        assert got[k] == int(v), (k, got[k], v)\n";
-
 /* Write the stopped trace as JSON and run the checker with @expect
  * ("key=value ..."); returns the checker's exit status.  @quiet hides the
  * checker's complaints (for runs that are meant to fail). */
 static int
 check_json_q(const char *expect, bool quiet)
 {
-	char dir[64], path[128], args[512];
+	char dir[64], path[128];
 	int rc;
 
 	tmpdir_make(dir, sizeof(dir), "test_trace");
 	snprintf(path, sizeof(path), "%s/trace.json", dir);
 	CHECK_OK(sluice_trace_write_path(path, SLUICE_TRACE_JSON));
-	snprintf(args, sizeof(args), "%s %s", path, expect);
-	rc = run_python(checker_py, args, quiet);
+	rc = check_trace_file(path, expect, quiet);
 	tmpdir_remove(dir);
 	return rc;
 }
